@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every check and test of fwdgate on a fresh machine: installs what the tests need,
+# builds, lints, runs the Rust tests and the integration tests against real peers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "installing test dependencies"
+scripts/install-test-deps.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --locked
+
+step "building the gateway for the integration tests"
+cargo build --locked --bin fwdgate
+export FWDGATE_BIN="$PWD/target/debug/fwdgate"
+
+step "integration tests (pytest, real libzmq subscribers and client libraries)"
+python3 -m pytest -q tests/py "$@"

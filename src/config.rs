@@ -1,0 +1,364 @@
+//! The whole configuration: serde structs with their defaults, loading and validation.
+//! Every field is documented here and in `examples/fwdgate.toml`.
+
+use serde::{Deserialize, Serialize};
+use std::net::ToSocketAddrs;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Where fwdgate listens when neither `input.listen` nor `input.unix` is set.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:24224";
+/// Where the PUB socket binds when neither `output.zmq_bind` nor `output.zmq_connect` is
+/// set: the port of the reference driver's consumer.
+pub const DEFAULT_ZMQ_BIND: &str = "tcp://0.0.0.0:6362";
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The complete configuration of a gateway.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub input: InputConfig,
+    pub route: RouteConfig,
+    pub output: OutputConfig,
+    pub log: LogConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+/// Forward-protocol listeners and the caps applied to what clients send.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InputConfig {
+    /// TCP addresses (`host:port`) to accept the forward protocol on. Port 0 picks a free
+    /// port (the `fwdgate ready` log line tells which). Default: `0.0.0.0:24224` when
+    /// `unix` is empty too.
+    pub listen: Vec<String>,
+    /// Unix socket paths to accept the forward protocol on, for Docker's
+    /// `fluentd-address=unix:///path`. A stale socket file is replaced.
+    pub unix: Vec<PathBuf>,
+    /// File mode of the unix sockets, in octal. Default `"0660"`.
+    pub unix_mode: String,
+    /// Answer UDP heartbeats (a datagram answered with `0x00`) on the port number of each
+    /// TCP listener, as Fluentd's in_forward does. Default `true`.
+    pub udp_heartbeat: bool,
+    /// Largest request accepted, in bytes; a larger one (or a larger declared length)
+    /// closes the connection. Default 16 MiB: above Fluentd's default 8 MiB chunks and
+    /// Fluent Bit's 6 MB in_forward buffer.
+    pub max_frame_size: usize,
+    /// Largest decompressed CompressedPackedForward payload, in bytes. Default 64 MiB.
+    pub max_decompressed_size: usize,
+    /// Deepest nesting of arrays and maps in a request. Default 128.
+    pub max_depth: usize,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        InputConfig {
+            listen: Vec::new(),
+            unix: Vec::new(),
+            unix_mode: "0660".into(),
+            udp_heartbeat: true,
+            max_frame_size: 16 << 20,
+            max_decompressed_size: 64 << 20,
+            max_depth: 128,
+        }
+    }
+}
+
+/// How each record finds its tenant, service, container id and line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Record keys tried in order for the tenant; the first with a string value wins.
+    /// Default `["TENANT_ID"]` (set by `--log-opt env=TENANT_ID`).
+    pub tenant_keys: Vec<String>,
+    /// Record keys tried in order for the service. Default `["SERVICE_ID"]`.
+    pub service_keys: Vec<String>,
+    /// Regex on the tag with named groups `tenant` and/or `service`, used when no
+    /// record key gave a value. Empty: not used. Example: `^(?P<tenant>[^.]+)\.(?P<service>[^.]+)`.
+    pub tag_regex: String,
+    /// Tenant when nothing else gave one. Default `"default"`, as the reference driver.
+    pub default_tenant: String,
+    /// Service when nothing else gave one. Default `"default"`.
+    pub default_service: String,
+    /// Record keys tried in order for the line; without any, the line is the whole
+    /// record as JSON. Default `["log", "message"]`.
+    pub line_keys: Vec<String>,
+    /// Record key holding the container id, of which the first 12 characters are used;
+    /// without it the tag is used. Default `"container_id"`.
+    pub container_id_key: String,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        RouteConfig {
+            tenant_keys: vec!["TENANT_ID".into()],
+            service_keys: vec!["SERVICE_ID".into()],
+            tag_regex: String::new(),
+            default_tenant: "default".into(),
+            default_service: "default".into(),
+            line_keys: vec!["log".into(), "message".into()],
+            container_id_key: "container_id".into(),
+        }
+    }
+}
+
+/// The shape of each ZeroMQ publication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// tenant, service, `<container id>: <line>`: the reference driver's frames.
+    #[default]
+    Seed,
+    /// tenant, service, the whole record as one JSON object.
+    Json,
+}
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Seed => "seed",
+            Format::Json => "json",
+        }
+    }
+}
+
+/// The ZeroMQ publisher.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Output format: `"seed"` (default) or `"json"`.
+    pub format: Format,
+    /// Endpoints the PUB socket binds (`tcp://host:port`, `ipc://path`; `tcp://host:*`
+    /// picks a free port). Default `tcp://0.0.0.0:6362` when `zmq_connect` is empty too.
+    pub zmq_bind: Vec<String>,
+    /// Endpoints the PUB socket connects to, like the reference driver. ZeroMQ dials in
+    /// the background and re-dials by itself; an absent peer does not delay start-up.
+    pub zmq_connect: Vec<String>,
+    /// Bytes appended to the tenant frame, so that a subscription to
+    /// `tenant + topic_suffix` matches one tenant exactly (ZeroMQ matches prefixes).
+    /// Default empty: the tenant frame is the bare tenant, as the reference driver.
+    pub topic_suffix: String,
+    /// ZeroMQ send high-water mark, in messages per subscriber (ZMQ_SNDHWM). Default
+    /// 100000; libzmq's own default of 1000 loses messages in bursts.
+    pub send_hwm: i32,
+    /// Requests that may wait for the publisher before connections stop reading.
+    /// Default 1024.
+    pub queue_requests: usize,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            format: Format::Seed,
+            zmq_bind: Vec::new(),
+            zmq_connect: Vec::new(),
+            topic_suffix: String::new(),
+            send_hwm: 100_000,
+            queue_requests: 1024,
+        }
+    }
+}
+
+/// The gateway's own log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `"text"` (default) or `"json"` (one JSON object per line).
+    pub format: LogFormat,
+    /// `error`, `warn`, `info` (default), `debug` or `trace`; also accepts a
+    /// tracing filter such as `fwdgate=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Graceful shutdown on SIGTERM or SIGINT.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long connections may take to finish the requests they have read, and the
+    /// publisher to send what it holds, before the process exits. Default 5000 ms.
+    pub timeout_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { timeout_ms: 5000 }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; unknown keys are errors.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: PathBuf::new(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Fills in the defaults that depend on other fields and checks every value.
+    pub fn finalize(mut self) -> Result<Config, ConfigError> {
+        if self.input.listen.is_empty() && self.input.unix.is_empty() {
+            self.input.listen.push(DEFAULT_LISTEN.into());
+        }
+        if self.output.zmq_bind.is_empty() && self.output.zmq_connect.is_empty() {
+            self.output.zmq_bind.push(DEFAULT_ZMQ_BIND.into());
+        }
+        self.validate()?;
+        Ok(self)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        for addr in &self.input.listen {
+            if addr
+                .to_socket_addrs()
+                .map(|mut a| a.next().is_none())
+                .unwrap_or(true)
+            {
+                return invalid(format!("input.listen: {addr:?} is not a host:port address"));
+            }
+        }
+        self.unix_mode()?;
+        if self.input.max_frame_size < 64 {
+            return invalid("input.max_frame_size must be at least 64 bytes".into());
+        }
+        if self.input.max_decompressed_size == 0 {
+            return invalid("input.max_decompressed_size must be above 0".into());
+        }
+        if self.input.max_depth < 4 {
+            return invalid("input.max_depth must be at least 4 (a request nests 4 deep)".into());
+        }
+        if !self.route.tag_regex.is_empty() {
+            let re = regex::bytes::Regex::new(&self.route.tag_regex)
+                .map_err(|e| ConfigError::Invalid(format!("route.tag_regex: {e}")))?;
+            let names: Vec<_> = re.capture_names().flatten().collect();
+            if !names.contains(&"tenant") && !names.contains(&"service") {
+                return invalid("route.tag_regex needs a named group `tenant` or `service`".into());
+            }
+        }
+        for ep in self.output.zmq_bind.iter().chain(&self.output.zmq_connect) {
+            if !ep.contains("://") {
+                return invalid(format!(
+                    "ZeroMQ endpoint {ep:?} needs a transport, like tcp://host:port"
+                ));
+            }
+        }
+        if self.output.send_hwm < 0 {
+            return invalid("output.send_hwm must be 0 (no limit) or more".into());
+        }
+        if self.output.queue_requests == 0 {
+            return invalid("output.queue_requests must be above 0".into());
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return invalid(format!("log.level: {:?} is not a level", self.log.level));
+        }
+        Ok(())
+    }
+
+    /// `input.unix_mode` as a number.
+    pub fn unix_mode(&self) -> Result<u32, ConfigError> {
+        u32::from_str_radix(self.input.unix_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "input.unix_mode: {:?} is not an octal file mode like \"0660\"",
+                    self.input.unix_mode
+                ))
+            })
+    }
+
+    /// The effective configuration as TOML, for `check-config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fill_in() {
+        let c = Config::default().finalize().unwrap();
+        assert_eq!(c.input.listen, [DEFAULT_LISTEN]);
+        assert_eq!(c.output.zmq_bind, [DEFAULT_ZMQ_BIND]);
+        assert_eq!(c.unix_mode().unwrap(), 0o660);
+    }
+
+    #[test]
+    fn connect_only_does_not_bind() {
+        let mut c = Config::default();
+        c.output.zmq_connect.push("tcp://127.0.0.1:1".into());
+        assert!(c.finalize().unwrap().output.zmq_bind.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        assert!(Config::from_toml("[input]\nlisen = []").is_err());
+        assert!(Config::from_toml("[output]\nformat = \"xml\"").is_err());
+        let mut c = Config::default();
+        c.route.tag_regex = "^(?P<x>.*)".into();
+        assert!(c.finalize().is_err());
+    }
+
+    #[test]
+    fn example_file_is_valid_and_complete() {
+        let text = include_str!("../examples/fwdgate.toml");
+        let parsed = Config::from_toml(text).unwrap().finalize().unwrap();
+        // The example documents the defaults: loading it changes nothing but the
+        // fields `finalize` fills in.
+        assert_eq!(parsed, Config::default().finalize().unwrap());
+    }
+
+    #[test]
+    fn printed_config_round_trips() {
+        let c = Config::default().finalize().unwrap();
+        assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+    }
+}

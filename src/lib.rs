@@ -1,0 +1,15 @@
+//! fwdgate: a Fluentd forward protocol gateway that republishes every record as a
+//! tenant-tagged ZeroMQ publication.
+//!
+//! `forward` is the protocol without I/O; `server` does the I/O; `route` decides where
+//! each record goes; `publish` owns the ZeroMQ socket.
+
+pub mod batch;
+pub mod cli;
+pub mod config;
+pub mod forward;
+pub mod metrics;
+pub mod publish;
+pub mod route;
+pub mod server;
+pub mod tail;

@@ -1,0 +1,178 @@
+//! Renders msgpack values as JSON text, straight from the bytes.
+
+use crate::forward::msgpack::{Cursor, Kind, Number, ReadError};
+use crate::forward::EventTime;
+use base64::Engine;
+use std::io::Write;
+
+/// Writes `bytes` as a JSON string. Invalid UTF-8 becomes U+FFFD; the return value says
+/// whether that happened, so the caller can keep the exact bytes elsewhere.
+pub fn write_str(out: &mut Vec<u8>, bytes: &[u8]) -> bool {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => {
+            write_escaped(out, s);
+            true
+        }
+        Err(_) => {
+            write_escaped(out, &String::from_utf8_lossy(bytes));
+            false
+        }
+    }
+}
+
+fn write_escaped(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => {
+                out.extend_from_slice(&bytes[start..i]);
+                let _ = write!(out, "\\u{b:04x}");
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(esc);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// Writes the msgpack value at the cursor as JSON and moves past it. Map keys that are
+/// not strings are rendered as JSON and then quoted; an EventTime extension becomes an
+/// RFC 3339 string; other extensions `{"ext": type, "data": base64}`.
+pub fn write_value(out: &mut Vec<u8>, c: &mut Cursor<'_>, data: &[u8]) -> Result<(), ReadError> {
+    match c.peek_kind()? {
+        Kind::Nil => {
+            c.nil();
+            out.extend_from_slice(b"null");
+        }
+        Kind::Bool => {
+            let v = c.boolean()?;
+            out.extend_from_slice(if v { b"true" } else { b"false" });
+        }
+        Kind::Int | Kind::Float => write_number(out, c.number()?),
+        Kind::Str | Kind::Bin => {
+            let r = c.bytes()?;
+            write_str(out, &data[r]);
+        }
+        Kind::Array => {
+            let n = c.array_len()?;
+            out.push(b'[');
+            for i in 0..n {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_value(out, c, data)?;
+            }
+            out.push(b']');
+        }
+        Kind::Map => {
+            let n = c.map_len()?;
+            out.push(b'{');
+            for i in 0..n {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_key(out, c, data)?;
+                out.push(b':');
+                write_value(out, c, data)?;
+            }
+            out.push(b'}');
+        }
+        Kind::Ext => {
+            let (code, r) = c.ext()?;
+            let bytes = &data[r];
+            if code == 0 && bytes.len() == 8 {
+                let t = EventTime {
+                    secs: u64::from(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])),
+                    nanos: u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
+                };
+                out.push(b'"');
+                t.write_rfc3339(out);
+                out.push(b'"');
+            } else {
+                let _ = write!(out, "{{\"ext\":{code},\"data\":\"");
+                write_base64(out, bytes);
+                out.extend_from_slice(b"\"}");
+            }
+        }
+        Kind::Reserved => return Err(ReadError::Reserved),
+    }
+    Ok(())
+}
+
+/// Writes a map key: strings as themselves, anything else as its JSON text in quotes.
+pub fn write_key(out: &mut Vec<u8>, c: &mut Cursor<'_>, data: &[u8]) -> Result<(), ReadError> {
+    if matches!(c.peek_kind()?, Kind::Str | Kind::Bin) {
+        let r = c.bytes()?;
+        write_str(out, &data[r]);
+    } else {
+        let mut text = Vec::new();
+        write_value(&mut text, c, data)?;
+        write_str(out, &text);
+    }
+    Ok(())
+}
+
+fn write_number(out: &mut Vec<u8>, n: Number) {
+    // Writing to a Vec cannot fail.
+    match n {
+        Number::Unsigned(u) => {
+            let _ = write!(out, "{u}");
+        }
+        Number::Signed(i) => {
+            let _ = write!(out, "{i}");
+        }
+        Number::Float(f) if f.is_finite() => {
+            let _ = serde_json::to_writer(&mut *out, &f);
+        }
+        // JSON has no NaN or infinity.
+        Number::Float(_) => out.extend_from_slice(b"null"),
+    }
+}
+
+/// Appends the standard (padded) base64 of `bytes`.
+pub fn write_base64(out: &mut Vec<u8>, bytes: &[u8]) {
+    let start = out.len();
+    let len = base64::encoded_len(bytes.len(), true).unwrap_or(0);
+    out.resize(start + len, 0);
+    let written = base64::engine::general_purpose::STANDARD
+        .encode_slice(bytes, &mut out[start..])
+        .unwrap_or(0);
+    out.truncate(start + written);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json_of(bytes: &[u8]) -> String {
+        let mut out = Vec::new();
+        write_value(&mut out, &mut Cursor::new(bytes), bytes).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn values() {
+        assert_eq!(json_of(&[0x93, 0xc0, 0xc3, 0xff]), "[null,true,-1]");
+        assert_eq!(
+            json_of(&[0x82, 0xa1, b'a', 0xa2, b'"', b'\n', 0x01, 0x81, 0xa0, 0x90]),
+            r#"{"a":"\"\n","1":{"":[]}}"#
+        );
+        let mut f = vec![0xcb];
+        f.extend_from_slice(&1.5f64.to_bits().to_be_bytes());
+        assert_eq!(json_of(&f), "1.5");
+        assert_eq!(json_of(&[0xa2, 0xff, b'x']), "\"\u{fffd}x\"");
+        assert_eq!(json_of(&[0xd4, 0x05, 0xff]), r#"{"ext":5,"data":"/w=="}"#);
+    }
+}

@@ -1,0 +1,166 @@
+//! ZeroMQ egress: one thread owns the PUB socket (ZeroMQ sockets are not thread-safe),
+//! takes batches from a bounded queue and sends each event in the configured format.
+
+pub mod format;
+pub mod json;
+
+use crate::config::{OutputConfig, RouteConfig};
+use crate::metrics::Counters;
+use crate::route::{Routed, Span};
+use bytes::Bytes;
+use format::{Encoder, Sink};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+/// The events of one request, handed to the publisher in one piece.
+#[derive(Debug)]
+pub struct Batch {
+    /// The bytes every span indexes: the request frame, or decompressed entries with
+    /// the tag appended.
+    pub data: Bytes,
+    pub tag: Span,
+    /// The client, as shown in logs and in the `json` format.
+    pub peer: Arc<str>,
+    pub events: Vec<Routed>,
+}
+
+#[derive(Debug, Error)]
+pub enum PublishError {
+    #[error("cannot create the ZeroMQ PUB socket: {0}")]
+    Socket(zmq::Error),
+    #[error("cannot bind ZeroMQ endpoint {endpoint}: {source}")]
+    Bind {
+        endpoint: String,
+        source: zmq::Error,
+    },
+    #[error("cannot connect ZeroMQ endpoint {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        source: zmq::Error,
+    },
+    #[error("cannot start the publisher thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The running publisher thread and the endpoints it serves.
+pub struct Publisher {
+    thread: std::thread::JoinHandle<()>,
+    /// Bound endpoints as ZeroMQ reports them (with the port actually bound).
+    pub bound: Vec<String>,
+    pub connected: Vec<String>,
+}
+
+impl Publisher {
+    /// Creates the socket, binds and connects every endpoint, and starts the thread.
+    /// Returns the queue's sending side; the thread ends once every sender is dropped
+    /// and the queue is empty. `linger` bounds how long closing waits for unsent
+    /// messages.
+    pub fn start(
+        output: &OutputConfig,
+        route: &RouteConfig,
+        linger: Duration,
+        counters: Arc<Counters>,
+    ) -> Result<(mpsc::Sender<Batch>, Publisher), PublishError> {
+        let ctx = zmq::Context::new();
+        let socket = ctx.socket(zmq::PUB).map_err(PublishError::Socket)?;
+        socket
+            .set_sndhwm(output.send_hwm)
+            .map_err(PublishError::Socket)?;
+        socket
+            .set_linger(i32::try_from(linger.as_millis()).unwrap_or(i32::MAX))
+            .map_err(PublishError::Socket)?;
+        let mut bound = Vec::new();
+        for endpoint in &output.zmq_bind {
+            socket.bind(endpoint).map_err(|source| PublishError::Bind {
+                endpoint: endpoint.clone(),
+                source,
+            })?;
+            let actual = socket
+                .get_last_endpoint()
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_else(|| endpoint.clone());
+            bound.push(actual);
+        }
+        for endpoint in &output.zmq_connect {
+            socket
+                .connect(endpoint)
+                .map_err(|source| PublishError::Connect {
+                    endpoint: endpoint.clone(),
+                    source,
+                })?;
+        }
+        let (tx, rx) = mpsc::channel(output.queue_requests);
+        let encoder = Encoder::new(output, route);
+        let thread = std::thread::Builder::new()
+            .name("fwdgate-publisher".into())
+            .spawn(move || run(ctx, socket, rx, encoder, counters))
+            .map_err(PublishError::Thread)?;
+        Ok((
+            tx,
+            Publisher {
+                thread,
+                bound,
+                connected: output.zmq_connect.clone(),
+            },
+        ))
+    }
+
+    /// Waits (blocking) until the thread has sent everything and closed the socket.
+    pub fn join(self) {
+        if self.thread.join().is_err() {
+            tracing::error!("publisher thread panicked");
+        }
+    }
+}
+
+fn run(
+    ctx: zmq::Context,
+    socket: zmq::Socket,
+    mut rx: mpsc::Receiver<Batch>,
+    mut encoder: Encoder,
+    counters: Arc<Counters>,
+) {
+    let mut sink = ZmqSink(&socket);
+    while let Some(batch) = rx.blocking_recv() {
+        match encoder.encode_batch(&batch, &mut sink) {
+            Ok(n) => {
+                counters.events_published.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e) => {
+                counters
+                    .events_dropped
+                    .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
+                tracing::error!(error = %e, events = batch.events.len(), "ZeroMQ send failed; batch dropped");
+            }
+        }
+    }
+    // Closing waits up to the linger time for queued messages to reach subscribers.
+    drop(socket);
+    drop(ctx);
+}
+
+/// Frames straight onto the PUB socket. A PUB socket never blocks: at the high-water
+/// mark it drops, which is why `send_hwm` is raised well above libzmq's default.
+struct ZmqSink<'a>(&'a zmq::Socket);
+
+impl Sink for ZmqSink<'_> {
+    type Error = zmq::Error;
+
+    fn frame(&mut self, bytes: &[u8], more: bool) -> Result<(), zmq::Error> {
+        self.0.send(bytes, if more { zmq::SNDMORE } else { 0 })
+    }
+
+    fn last_frame_with(
+        &mut self,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [u8]),
+    ) -> Result<(), zmq::Error> {
+        let mut msg = zmq::Message::with_size(len);
+        fill(&mut msg);
+        self.0.send(msg, 0)
+    }
+}

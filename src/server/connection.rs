@@ -1,0 +1,212 @@
+//! One client connection: read, find complete requests, decode, route, hand each
+//! request's events to the publisher in one batch, then ack.
+
+use crate::batch::{build_batch, BatchLimits};
+use crate::forward::ack::encode_ack;
+use crate::forward::compression::DecompressError;
+use crate::forward::json::{next_json_request, starts_json, JsonError};
+use crate::forward::{decode_request, Limits, RequestError, ScanError, Scanner};
+use crate::metrics::Counters;
+use crate::publish::Batch;
+use crate::route::Router;
+use bytes::{Buf, Bytes, BytesMut};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// What every connection task shares.
+pub struct Shared {
+    pub router: Router,
+    /// Caps on a request as it is read.
+    pub limits: Limits,
+    /// Caps on a request as it is expanded into events.
+    pub batch_limits: BatchLimits,
+    pub publisher: mpsc::Sender<Batch>,
+    pub counters: Arc<Counters>,
+}
+
+/// Why a connection was closed by the gateway.
+#[derive(Debug, Error)]
+pub enum ConnectionError {
+    #[error("invalid msgpack: {0}")]
+    Scan(#[from] ScanError),
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error(transparent)]
+    Json(#[from] JsonError),
+    #[error(transparent)]
+    Decompress(#[from] DecompressError),
+    #[error("request over the frame cap of {0} bytes")]
+    TooLarge(usize),
+    #[error("connection closed in the middle of a request ({0} bytes unread)")]
+    Truncated(usize),
+    #[error("publisher stopped; request not acknowledged")]
+    PublisherClosed,
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ConnectionError {
+    /// True when the client sent something the gateway cannot trust, as opposed to a
+    /// network error or a shutdown.
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(
+            self,
+            ConnectionError::Io(_) | ConnectionError::PublisherClosed
+        )
+    }
+}
+
+/// Buffer space made available before each read: small while idle, so that thousands
+/// of idle Docker connections cost little; large inside a request, so that big frames
+/// take few reads.
+const IDLE_READ: usize = 4 * 1024;
+const BUSY_READ: usize = 64 * 1024;
+
+/// Serves one connection until the client closes it, it sends bad input, or `cancel`
+/// fires (then requests already read are finished first). Logs the outcome.
+pub async fn serve<S>(stream: S, peer: Arc<str>, shared: Arc<Shared>, cancel: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    shared
+        .counters
+        .connections_accepted
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(peer = %peer, "connection accepted");
+    let mut conn = Connection {
+        stream,
+        peer: peer.clone(),
+        shared,
+        buf: BytesMut::new(),
+        scanner: None,
+    };
+    match conn.run(&cancel).await {
+        Ok(()) => tracing::debug!(peer = %peer, "connection closed"),
+        Err(e) if e.is_bad_input() => {
+            conn.shared
+                .counters
+                .connections_rejected
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(peer = %peer, reason = %e, "closing connection");
+        }
+        Err(e) => tracing::info!(peer = %peer, reason = %e, "connection ended"),
+    }
+}
+
+struct Connection<S> {
+    stream: S,
+    peer: Arc<str>,
+    shared: Arc<Shared>,
+    buf: BytesMut,
+    /// `None` until the first byte tells msgpack from JSON; JSON connections have none.
+    scanner: Option<Scanner>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    async fn run(&mut self, cancel: &CancellationToken) -> Result<(), ConnectionError> {
+        let mut json = None;
+        loop {
+            while let Some(frame) = self.next_frame(&mut json)? {
+                self.handle(frame).await?;
+            }
+            let want = if self.buf.is_empty() {
+                IDLE_READ
+            } else {
+                BUSY_READ
+            };
+            self.buf.reserve(want);
+            let n = tokio::select! {
+                r = self.stream.read_buf(&mut self.buf) => r?,
+                _ = cancel.cancelled() => return Ok(()),
+            };
+            if n == 0 {
+                return match self.buf.len() {
+                    0 => Ok(()),
+                    pending => Err(ConnectionError::Truncated(pending)),
+                };
+            }
+            self.shared
+                .counters
+                .bytes_received
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Splits the next complete request off the buffer, if there is one.
+    fn next_frame(&mut self, json: &mut Option<bool>) -> Result<Option<Bytes>, ConnectionError> {
+        loop {
+            let Some(&first) = self.buf.first() else {
+                return Ok(None);
+            };
+            let limits = self.shared.limits;
+            if *json.get_or_insert_with(|| starts_json(first)) {
+                return match next_json_request(&self.buf)? {
+                    Some((used, frame)) => {
+                        self.buf.advance(used);
+                        if frame.is_empty() {
+                            continue; // whitespace between values
+                        }
+                        Ok(Some(Bytes::from(frame)))
+                    }
+                    None if self.buf.len() > limits.max_size => {
+                        Err(ConnectionError::TooLarge(limits.max_size))
+                    }
+                    None => Ok(None),
+                };
+            }
+            let scanner = self.scanner.get_or_insert_with(|| Scanner::new(limits));
+            return Ok(scanner
+                .scan(&self.buf)?
+                .map(|n| self.buf.split_to(n).freeze()));
+        }
+    }
+
+    async fn handle(&mut self, frame: Bytes) -> Result<(), ConnectionError> {
+        let counters = &self.shared.counters;
+        if frame[..] == [0xc0] {
+            counters.heartbeats.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        counters.requests.fetch_add(1, Ordering::Relaxed);
+        let request = decode_request(&frame)?;
+        let ack = request.options.chunk.clone().map(|c| encode_ack(&frame[c]));
+        if request.options.signal != 0 {
+            // Metrics and traces carry cmetrics/ctraces payloads, not log records.
+            counters.signal_requests.fetch_add(1, Ordering::Relaxed);
+        } else {
+            let shared = &self.shared;
+            let (batch, invalid) = build_batch(
+                frame,
+                &request,
+                &shared.router,
+                shared.batch_limits,
+                &self.peer,
+            )?;
+            if let Some(first) = invalid.first {
+                counters
+                    .events_invalid
+                    .fetch_add(invalid.count, Ordering::Relaxed);
+                tracing::warn!(peer = %self.peer, skipped = invalid.count, reason = %first, "skipped invalid events");
+            }
+            if let Some(batch) = batch {
+                self.shared
+                    .publisher
+                    .send(batch)
+                    .await
+                    .map_err(|_| ConnectionError::PublisherClosed)?;
+            }
+        }
+        if let Some(ack) = ack {
+            self.stream.write_all(&ack).await?;
+            self.shared
+                .counters
+                .acks_sent
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,187 @@
+//! Binding the configured TCP and unix listeners (and the UDP heartbeat sockets beside
+//! the TCP ones), and their accept loops.
+
+use super::connection::{serve, Shared};
+use super::{heartbeat, ServerError};
+use crate::config::Config;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, UdpSocket, UnixListener};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Every bound socket, ready to accept.
+pub struct Listeners {
+    tcp: Vec<TcpListener>,
+    unix: Vec<(UnixListener, PathBuf)>,
+    udp: Vec<UdpSocket>,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> Result<Listeners, ServerError> {
+        let mut tcp = Vec::new();
+        let mut udp = Vec::new();
+        for addr in &config.input.listen {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Listen {
+                    addr: addr.clone(),
+                    source,
+                })?;
+            if config.input.udp_heartbeat {
+                // Same address and port number as the TCP listener, as Fluentd does.
+                let local = listener
+                    .local_addr()
+                    .map_err(|source| ServerError::Listen {
+                        addr: addr.clone(),
+                        source,
+                    })?;
+                let socket =
+                    UdpSocket::bind(local)
+                        .await
+                        .map_err(|source| ServerError::Listen {
+                            addr: format!("udp {local}"),
+                            source,
+                        })?;
+                udp.push(socket);
+            }
+            tcp.push(listener);
+        }
+        let mode = config.unix_mode()?;
+        let mut unix = Vec::new();
+        for path in &config.input.unix {
+            unix.push((bind_unix(path, mode)?, path.clone()));
+        }
+        Ok(Listeners { tcp, unix, udp })
+    }
+
+    pub fn tcp_addrs(&self) -> Vec<String> {
+        self.tcp
+            .iter()
+            .filter_map(|l| l.local_addr().ok().map(|a| a.to_string()))
+            .collect()
+    }
+
+    pub fn unix_paths(&self) -> Vec<String> {
+        self.unix
+            .iter()
+            .map(|(_, p)| p.display().to_string())
+            .collect()
+    }
+
+    pub fn udp_addrs(&self) -> Vec<String> {
+        self.udp
+            .iter()
+            .filter_map(|s| s.local_addr().ok().map(|a| a.to_string()))
+            .collect()
+    }
+
+    /// Starts one task per listener; each stops when `cancel` fires. Connection tasks
+    /// go into `tracker` so shutdown can wait for them.
+    pub fn spawn(
+        self,
+        tracker: &TaskTracker,
+        shared: Arc<Shared>,
+        cancel: CancellationToken,
+    ) -> Vec<JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        for listener in self.tcp {
+            let (tracker, shared, cancel) = (tracker.clone(), shared.clone(), cancel.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let accepted = tokio::select! {
+                        r = listener.accept() => r,
+                        _ = cancel.cancelled() => break,
+                    };
+                    match accepted {
+                        Ok((stream, addr)) => {
+                            // Acks are small and clients wait for them (Docker's
+                            // lock-step mode): send them without Nagle's delay.
+                            let _ = stream.set_nodelay(true);
+                            tracker.spawn(serve(
+                                stream,
+                                addr.to_string().into(),
+                                shared.clone(),
+                                cancel.clone(),
+                            ));
+                        }
+                        Err(e) => accept_failed(&e).await,
+                    }
+                }
+            }));
+        }
+        for (listener, path) in self.unix {
+            let (tracker, shared, cancel) = (tracker.clone(), shared.clone(), cancel.clone());
+            let peer: Arc<str> = format!("unix:{}", path.display()).into();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let accepted = tokio::select! {
+                        r = listener.accept() => r,
+                        _ = cancel.cancelled() => break,
+                    };
+                    match accepted {
+                        Ok((stream, _)) => {
+                            tracker.spawn(serve(
+                                stream,
+                                peer.clone(),
+                                shared.clone(),
+                                cancel.clone(),
+                            ));
+                        }
+                        Err(e) => accept_failed(&e).await,
+                    }
+                }
+                let _ = std::fs::remove_file(&path);
+            }));
+        }
+        for socket in self.udp {
+            tasks.push(tokio::spawn(heartbeat::answer(
+                socket,
+                shared.counters.clone(),
+                cancel.clone(),
+            )));
+        }
+        tasks
+    }
+}
+
+/// Accept errors are mostly "too many open files": wait a little instead of spinning.
+async fn accept_failed(e: &std::io::Error) {
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// Binds a unix socket at `path`, replacing a stale socket file left by a previous run
+/// but never a live one or a file that is not a socket.
+fn bind_unix(path: &PathBuf, mode: u32) -> Result<UnixListener, ServerError> {
+    let shown = path.display().to_string();
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(ServerError::Listen {
+                addr: shown,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "a file that is not a socket is in the way",
+                ),
+            });
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ServerError::UnixInUse(shown));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let listener = UnixListener::bind(path).map_err(|source| ServerError::Listen {
+        addr: shown.clone(),
+        source,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        ServerError::UnixMode {
+            path: shown,
+            source,
+        }
+    })?;
+    Ok(listener)
+}

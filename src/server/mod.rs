@@ -1,0 +1,104 @@
+//! I/O: listeners, the UDP heartbeat, connection tasks, and the gateway's life cycle
+//! from start to graceful shutdown.
+
+pub mod connection;
+mod heartbeat;
+mod listener;
+
+use crate::batch::BatchLimits;
+use crate::config::Config;
+use crate::forward::Limits;
+use crate::metrics::Counters;
+use crate::publish::{PublishError, Publisher};
+use crate::route::Router;
+use connection::Shared;
+use listener::Listeners;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot set the mode of unix socket {path}: {source}")]
+    UnixMode {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("unix socket {0} is in use by another process")]
+    UnixInUse(String),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("invalid route.tag_regex: {0}")]
+    Regex(#[from] regex::Error),
+}
+
+/// Runs a gateway until `shutdown` completes, then drains: stops accepting, lets
+/// connections finish the requests they have read, and waits for the publisher to send
+/// what it holds, all within `shutdown.timeout_ms`.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Arc<Counters>, ServerError> {
+    let counters = Arc::new(Counters::default());
+    let timeout = Duration::from_millis(config.shutdown.timeout_ms);
+    let router = Router::new(&config.route)?;
+    let listeners = Listeners::bind(&config).await?;
+    let (sender, publisher) =
+        Publisher::start(&config.output, &config.route, timeout, counters.clone())?;
+    let shared = Arc::new(Shared {
+        router,
+        limits: Limits {
+            max_size: config.input.max_frame_size,
+            max_depth: config.input.max_depth,
+        },
+        batch_limits: BatchLimits {
+            max_depth: config.input.max_depth,
+            max_decompressed: config.input.max_decompressed_size,
+        },
+        publisher: sender,
+        counters: counters.clone(),
+    });
+
+    tracing::info!(
+        tcp = %listeners.tcp_addrs().join(","),
+        unix = %listeners.unix_paths().join(","),
+        udp = %listeners.udp_addrs().join(","),
+        zmq_bind = %publisher.bound.join(","),
+        zmq_connect = %publisher.connected.join(","),
+        format = config.output.format.name(),
+        "fwdgate ready"
+    );
+
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let accepting = listeners.spawn(&tracker, shared.clone(), cancel.clone());
+    shutdown.await;
+    tracing::info!("shutting down: no new connections, finishing requests already read");
+    cancel.cancel();
+    tracker.close();
+    for task in accepting {
+        let _ = task.await;
+    }
+    // Every connection task holds the publisher queue through `shared`; once they are
+    // gone the publisher sees the queue close, sends what is left, and stops.
+    drop(shared);
+    if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
+        tracing::warn!("connections still busy at the shutdown deadline; closing them");
+    }
+    let joined = tokio::task::spawn_blocking(move || publisher.join());
+    if tokio::time::timeout(timeout, joined).await.is_err() {
+        tracing::warn!("publisher still sending at the shutdown deadline");
+    }
+    tracing::info!(counters = %counters.summary(), "fwdgate stopped");
+    Ok(counters)
+}
