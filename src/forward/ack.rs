@@ -9,6 +9,17 @@ pub fn encode_ack(chunk_value: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Encodes `{"ack":<chunk>}` as JSON, for connections that speak JSON: Fluentd's
+/// in_forward answers each connection in the serialization it used. `chunk_json` is the
+/// chunk value already rendered as JSON.
+pub fn encode_json_ack(chunk_json: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + chunk_json.len());
+    out.extend_from_slice(b"{\"ack\":");
+    out.extend_from_slice(chunk_json);
+    out.push(b'}');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -2,11 +2,13 @@
 //! request's events to the publisher in one batch, then ack.
 
 use crate::batch::{build_batch, BatchLimits};
-use crate::forward::ack::encode_ack;
+use crate::forward::ack::{encode_ack, encode_json_ack};
 use crate::forward::compression::DecompressError;
 use crate::forward::json::{next_json_request, starts_json, JsonError};
+use crate::forward::msgpack::Cursor;
 use crate::forward::{decode_request, Limits, RequestError, ScanError, Scanner};
 use crate::metrics::Counters;
+use crate::publish::json::write_value;
 use crate::publish::Batch;
 use crate::route::Router;
 use bytes::{Buf, Bytes, BytesMut};
@@ -111,7 +113,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let mut json = None;
         loop {
             while let Some(frame) = self.next_frame(&mut json)? {
-                self.handle(frame).await?;
+                self.handle(frame, json == Some(true)).await?;
             }
             let want = if self.buf.is_empty() {
                 IDLE_READ
@@ -165,7 +167,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
-    async fn handle(&mut self, frame: Bytes) -> Result<(), ConnectionError> {
+    async fn handle(&mut self, frame: Bytes, json: bool) -> Result<(), ConnectionError> {
         let counters = &self.shared.counters;
         if frame[..] == [0xc0] {
             counters.heartbeats.fetch_add(1, Ordering::Relaxed);
@@ -173,7 +175,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
         counters.requests.fetch_add(1, Ordering::Relaxed);
         let request = decode_request(&frame)?;
-        let ack = request.options.chunk.clone().map(|c| encode_ack(&frame[c]));
+        let ack = request.options.chunk.clone().map(|c| {
+            if json {
+                let mut chunk = Vec::new();
+                let _ = write_value(&mut chunk, &mut Cursor::at(&frame, c.start), &frame);
+                encode_json_ack(&chunk)
+            } else {
+                encode_ack(&frame[c])
+            }
+        });
         if request.options.signal != 0 {
             // Metrics and traces carry cmetrics/ctraces payloads, not log records.
             counters.signal_requests.fetch_add(1, Ordering::Relaxed);

@@ -1,0 +1,157 @@
+"""Acknowledgements: exact bytes, echo of the chunk's encoding form, none without chunk,
+pipelining and Docker-style lock-step."""
+
+import base64
+import os
+
+import pytest
+
+import fwd
+from fwd import Raw, ack, bin8, entry_stream, forward, message, option, packed_forward, str8, str16
+
+T0 = 1700000000
+
+
+def seed(tenant, service, tag, line):
+    return [tenant.encode(), service.encode(), ("%s: %s" % (tag, line)).encode()]
+
+
+def test_ack_bytes_are_msgpack_map():
+    assert ack("abc") == b"\x81\xa3ack\xa3abc"
+    assert ack(str8("hello")) == b"\x81\xa3ack\xd9\x05hello"
+
+
+def test_ack_message_fixstr_chunk(gw, sub):
+    # fluent-logger-golang's chunk: base64 of 16 random bytes, 24 chars -> fixstr
+    chunk = base64.b64encode(os.urandom(16)).decode()
+    assert len(chunk) == 24
+    with gw.connect() as c:
+        c.send(message("app", T0, fwd.rec("acked", tenant="ta"), option(chunk=chunk)))
+        expected = b"\x81\xa3ack" + bytes([0xA0 | 24]) + chunk.encode()
+        assert c.recv_exact(len(expected)) == expected
+        assert sub.recv_n(1) == [seed("ta", "default", "app", "acked")]
+        assert c.read_available(0.2) == b""
+
+
+@pytest.mark.parametrize(
+    "chunk_raw",
+    [
+        Raw(b"\xd9\x05hello"),  # str8 for a 5-char string (non-minimal form)
+        Raw(b"\xda\x00\x05hello"),  # str16
+        Raw(b"\xdb\x00\x00\x00\x05hello"),  # str32
+        str8("x" * 200),
+        str16("y" * 300),
+        Raw(b"\xa0"),  # empty fixstr
+    ],
+    ids=["str8_short", "str16_short", "str32_short", "str8_200", "str16_300", "empty"],
+)
+def test_ack_echoes_chunk_encoding_verbatim(gw, sub, chunk_raw):
+    with gw.connect() as c:
+        c.send(message("app", T0, fwd.rec("verbatim"), option(("chunk", chunk_raw))))
+        expected = b"\x81\xa3ack" + bytes(chunk_raw)
+        assert c.recv_exact(len(expected)) == expected
+        assert c.read_available(0.2) == b""
+    assert sub.recv_n(1) == [seed("default", "default", "app", "verbatim")]
+
+
+def test_ack_chunk_position_in_option_does_not_matter(gw, sub):
+    opt = option(("size", 1), ("compressed", "text"), ("chunk", str8("mid")), ("zz", 1))
+    with gw.connect() as c:
+        c.send(message("app", T0, fwd.rec("pos"), opt))
+        assert c.recv_exact(len(ack(str8("mid")))) == ack(str8("mid"))
+    assert sub.recv_n(1) == [seed("default", "default", "app", "pos")]
+
+
+def test_ack_forward_mode(gw, sub):
+    with gw.connect() as c:
+        c.send(forward("app", [(T0, fwd.rec("f1")), (T0, fwd.rec("f2"))], option(chunk="fwd-1")))
+        assert c.recv_exact(len(ack("fwd-1"))) == ack("fwd-1")
+    assert sub.recv_n(2) == [seed("default", "default", "app", "f1"), seed("default", "default", "app", "f2")]
+
+
+def test_ack_packed_forward_mode(gw, sub):
+    stream = entry_stream([(fwd.t_event(T0, 0), fwd.rec("p1")), (fwd.t_event(T0, 1), fwd.rec("p2"))])
+    with gw.connect() as c:
+        c.send(packed_forward("app", stream, option(size=2, chunk=str8("packed")), container=bin8))
+        assert c.recv_exact(len(ack(str8("packed")))) == ack(str8("packed"))
+    assert sub.recv_n(2) == [seed("default", "default", "app", "p1"), seed("default", "default", "app", "p2")]
+
+
+@pytest.mark.parametrize(
+    "opt",
+    [fwd.ABSENT, {}, None, {"size": 1}, {"compressed": "text"}],
+    ids=["absent", "empty", "nil", "size_only", "compressed_text"],
+)
+def test_no_ack_without_chunk(gw, sub, opt):
+    with gw.connect() as c:
+        if opt == {"compressed": "text"}:
+            c.send(packed_forward("app", fwd.entry(T0, fwd.rec("noack")), opt))
+        else:
+            c.send(message("app", T0, fwd.rec("noack"), opt))
+        assert sub.recv_n(1) == [seed("default", "default", "app", "noack")]
+        assert c.read_available(0.5) == b""
+        c.send(message("app", T0, fwd.rec("withack"), option(chunk="next")))
+        assert c.recv_exact(len(ack("next"))) == ack("next")
+        assert sub.recv_n(1) == [seed("default", "default", "app", "withack")]
+        assert c.read_available(0.2) == b""
+
+
+def test_pipelined_acks_in_order(gw, sub):
+    chunks = ["c%d" % i for i in range(20)]
+    data = b""
+    for i, ch in enumerate(chunks):
+        data += message("app", T0, fwd.rec("pipe %d" % i), option(chunk=ch))
+        if i % 3 == 0:
+            data += message("app", T0, fwd.rec("pipe %d noack" % i))
+    expected = b"".join(ack(ch) for ch in chunks)
+    with gw.connect() as c:
+        c.send(data)
+        assert c.recv_exact(len(expected)) == expected
+        assert c.read_available(0.2) == b""
+    msgs = sub.recv_n(20 + 7)
+    lines = [m[2] for m in msgs]
+    expected_lines = []
+    for i in range(20):
+        expected_lines.append(("app: pipe %d" % i).encode())
+        if i % 3 == 0:
+            expected_lines.append(("app: pipe %d noack" % i).encode())
+    assert lines == expected_lines
+
+
+def test_ack_means_published(gw, sub):
+    """After the ack arrives the line must reach the subscriber (the ack is a promise)."""
+    with gw.connect() as c:
+        for i in range(50):
+            c.send(message("app", T0, fwd.rec("promise %d" % i), option(chunk="pr%d" % i)))
+            assert c.recv_exact(len(ack("pr%d" % i))) == ack("pr%d" % i)
+            assert sub.recv(5.0) == seed("default", "default", "app", "promise %d" % i)
+
+
+def test_same_chunk_resent_is_acked_again(gw, sub):
+    """Docker resends the same bytes with the same chunk after an error: at-least-once."""
+    data = message("app", T0, fwd.rec("dup"), option(chunk="same"))
+    with gw.connect() as c:
+        c.send(data)
+        assert c.recv_exact(len(ack("same"))) == ack("same")
+    with gw.connect() as c:
+        c.send(data)
+        assert c.recv_exact(len(ack("same"))) == ack("same")
+    assert sub.recv_n(2) == [seed("default", "default", "app", "dup")] * 2
+
+
+def test_lockstep_acks_2000(gw, subscribe):
+    """Like Docker's fluentd-request-ack: one event, wait for its ack, next."""
+    s = subscribe(gw, b"lock")
+    n = 2000
+    with gw.connect() as c:
+        for i in range(n):
+            ch = "lock-%05d" % i
+            c.send(message("ctr", fwd.t_event(T0, i), fwd.rec("line %05d" % i, tenant="lock", service="s"),
+                           option(chunk=ch)))
+            got = c.recv_exact(len(ack(ch)), timeout=10)
+            assert got == ack(ch), "request %d: ack %r" % (i, got)
+        assert c.read_available(0.2) == b""
+    msgs = s.recv_n(n, timeout=30)
+    assert [m[2] for m in msgs] == [("ctr: line %05d" % i).encode() for i in range(n)]
+    assert all(m[:2] == [b"lock", b"s"] for m in msgs)
+    assert s.sync(gw) == []
