@@ -91,6 +91,7 @@ pub fn build_batch(
         tag: Span::of(tag_range),
         peer: peer.clone(),
         events,
+        permit: None,
     };
     Ok((Some(batch), invalid))
 }

@@ -159,6 +159,9 @@ pub struct OutputConfig {
     /// Requests that may wait for the publisher before connections stop reading.
     /// Default 1024.
     pub queue_requests: usize,
+    /// Bytes of requests (decompressed) that may wait for the publisher; the other
+    /// bound of the same queue. Default 64 MiB.
+    pub queue_bytes: usize,
 }
 
 impl Default for OutputConfig {
@@ -170,6 +173,7 @@ impl Default for OutputConfig {
             topic_suffix: String::new(),
             send_hwm: 100_000,
             queue_requests: 1024,
+            queue_bytes: 64 << 20,
         }
     }
 }
@@ -293,6 +297,9 @@ impl Config {
         }
         if self.output.queue_requests == 0 {
             return invalid("output.queue_requests must be above 0".into());
+        }
+        if self.output.queue_bytes == 0 || self.output.queue_bytes > u32::MAX as usize {
+            return invalid("output.queue_bytes must be between 1 and 4294967295".into());
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return invalid(format!("log.level: {:?} is not a level", self.log.level));

@@ -228,6 +228,7 @@ mod tests {
                 line: Line::Bytes(Span { start: 9, end: 12 }),
                 record,
             }],
+            permit: None,
         }
     }
 

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 /// The events of one request, handed to the publisher in one piece.
 #[derive(Debug)]
@@ -25,6 +25,40 @@ pub struct Batch {
     /// The client, as shown in logs and in the `json` format.
     pub peer: Arc<str>,
     pub events: Vec<Routed>,
+    /// The queue's byte budget held by this batch, returned when it is published.
+    pub permit: Option<OwnedSemaphorePermit>,
+}
+
+/// The publisher's bounded queue, bounded both in requests and in bytes: a full queue
+/// makes `send` wait, so connections stop reading and TCP flow control holds the
+/// clients back instead of memory growing.
+#[derive(Clone)]
+pub struct Queue {
+    sender: mpsc::Sender<Batch>,
+    bytes: Arc<Semaphore>,
+    max_bytes: usize,
+}
+
+/// The publisher has stopped; the batch was not accepted.
+#[derive(Debug, Error)]
+#[error("publisher stopped")]
+pub struct QueueClosed;
+
+impl Queue {
+    /// Waits for room, then hands the batch over. Once this returns `Ok`, the
+    /// publisher owns the batch: this is the moment a request may be acked.
+    pub async fn send(&self, mut batch: Batch) -> Result<(), QueueClosed> {
+        // A batch larger than the whole budget takes all of it rather than never fitting.
+        let cost = batch.data.len().clamp(1, self.max_bytes);
+        let permit = self
+            .bytes
+            .clone()
+            .acquire_many_owned(u32::try_from(cost).unwrap_or(u32::MAX))
+            .await
+            .map_err(|_| QueueClosed)?;
+        batch.permit = Some(permit);
+        self.sender.send(batch).await.map_err(|_| QueueClosed)
+    }
 }
 
 #[derive(Debug, Error)]
@@ -63,7 +97,7 @@ impl Publisher {
         route: &RouteConfig,
         linger: Duration,
         counters: Arc<Counters>,
-    ) -> Result<(mpsc::Sender<Batch>, Publisher), PublishError> {
+    ) -> Result<(Queue, Publisher), PublishError> {
         let ctx = zmq::Context::new();
         let socket = ctx.socket(zmq::PUB).map_err(PublishError::Socket)?;
         socket
@@ -93,14 +127,20 @@ impl Publisher {
                     source,
                 })?;
         }
-        let (tx, rx) = mpsc::channel(output.queue_requests);
+        let (sender, rx) = mpsc::channel(output.queue_requests);
+        let max_bytes = output.queue_bytes.min(u32::MAX as usize);
+        let queue = Queue {
+            sender,
+            bytes: Arc::new(Semaphore::new(max_bytes)),
+            max_bytes,
+        };
         let encoder = Encoder::new(output, route);
         let thread = std::thread::Builder::new()
             .name("fwdgate-publisher".into())
             .spawn(move || run(ctx, socket, rx, encoder, counters))
             .map_err(PublishError::Thread)?;
         Ok((
-            tx,
+            queue,
             Publisher {
                 thread,
                 bound,

@@ -9,14 +9,13 @@ use crate::forward::msgpack::Cursor;
 use crate::forward::{decode_request, Limits, RequestError, ScanError, Scanner};
 use crate::metrics::Counters;
 use crate::publish::json::write_value;
-use crate::publish::Batch;
+use crate::publish::Queue;
 use crate::route::Router;
 use bytes::{Buf, Bytes, BytesMut};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// What every connection task shares.
@@ -26,7 +25,7 @@ pub struct Shared {
     pub limits: Limits,
     /// Caps on a request as it is expanded into events.
     pub batch_limits: BatchLimits,
-    pub publisher: mpsc::Sender<Batch>,
+    pub publisher: Queue,
     pub counters: Arc<Counters>,
 }
 
@@ -203,7 +202,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 tracing::warn!(peer = %self.peer, skipped = invalid.count, reason = %first, "skipped invalid events");
             }
             if let Some(batch) = batch {
-                self.shared
+                shared
                     .publisher
                     .send(batch)
                     .await
