@@ -17,7 +17,7 @@ use bytes::{Buf, Bytes};
 use fwdgate::batch::{build_batch, BatchLimits};
 use fwdgate::config::{Format, OutputConfig, RouteConfig};
 use fwdgate::forward::ack::encode_ack;
-use fwdgate::forward::json::{next_json_request, starts_json};
+use fwdgate::forward::json::{json_to_msgpack, starts_json, JsonScanner};
 use fwdgate::forward::{decode_request, Entries, Limits, Scanner};
 use fwdgate::publish::format::{Encoder, Sink};
 use fwdgate::route::{Line, Router, Span};
@@ -213,19 +213,20 @@ fuzz_target!(|data: &[u8]| {
     let mut buf = Bytes::copy_from_slice(data);
     let json = data.first().is_some_and(|&b| starts_json(b));
     let mut scanner = Scanner::new(LIMITS);
+    let mut json_scanner = JsonScanner::new(LIMITS.max_size);
     while !buf.is_empty() {
         let frame = if json {
-            match next_json_request(&buf) {
-                Ok(Some((used, frame))) => {
-                    assert!(
-                        used > 0 && used <= buf.len(),
-                        "used {used} of {}",
-                        buf.len()
-                    );
-                    buf.advance(used);
-                    if frame.is_empty() {
-                        continue;
-                    }
+            match json_scanner.scan(&buf) {
+                Ok(Some(value)) => {
+                    assert!(value.end <= buf.len(), "value {value:?} of {}", buf.len());
+                    let frame = match json_to_msgpack(&buf[value.clone()]) {
+                        Ok(frame) => frame,
+                        Err(e) => {
+                            note!("  {e}");
+                            return;
+                        }
+                    };
+                    buf.advance(value.end);
                     Bytes::from(frame)
                 }
                 Ok(None) => {

@@ -25,6 +25,7 @@ pub fn decompress(
     cap: usize,
 ) -> Result<Vec<u8>, DecompressError> {
     match codec {
+        Compression::None if input.len() > cap => Err(DecompressError::TooLarge(cap)),
         Compression::None => Ok(input.to_vec()),
         Compression::Gzip => read_capped(
             flate2::read::MultiGzDecoder::new(input),

@@ -1,14 +1,22 @@
 //! JSON requests. Fluentd's in_forward accepts a connection that starts with `[` or `{`
 //! as a stream of JSON values instead of msgpack; each value is turned into the same
 //! msgpack request a msgpack client would have sent, so one decoder serves both.
+//!
+//! Like the msgpack scanner, the boundary scanner here is resumable: a large value that
+//! arrives in many reads is walked once, then parsed once.
 
 use serde_json::Value;
+use std::ops::Range;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum JsonError {
     #[error("invalid JSON request: {0}")]
     Invalid(#[from] serde_json::Error),
+    #[error("JSON request starts with {0:?}, not an array or object")]
+    NotContainer(char),
+    #[error("JSON request over the frame cap of {0} bytes")]
+    TooLarge(usize),
 }
 
 /// True when a connection that starts with `first` speaks JSON.
@@ -16,27 +24,94 @@ pub fn starts_json(first: u8) -> bool {
     first == b'[' || first == b'{'
 }
 
-/// Parses the next JSON value at the start of `buf`. Returns the bytes it consumed and
-/// the value re-encoded as msgpack, or `None` when the value is not complete yet.
-pub fn next_json_request(buf: &[u8]) -> Result<Option<(usize, Vec<u8>)>, JsonError> {
-    let mut stream = serde_json::Deserializer::from_slice(buf).into_iter::<Value>();
-    match stream.next() {
-        None => {
-            // Only whitespace so far: consume it so it does not pile up.
-            Ok(if buf.is_empty() {
-                None
-            } else {
-                Some((buf.len(), Vec::new()))
-            })
+/// Finds where each top-level JSON array or object ends, across reads.
+#[derive(Debug)]
+pub struct JsonScanner {
+    max_size: usize,
+    /// Offset of the value's first byte, once found.
+    start: Option<usize>,
+    pos: usize,
+    depth: usize,
+    in_string: bool,
+    escaped: bool,
+}
+
+impl JsonScanner {
+    pub fn new(max_size: usize) -> Self {
+        JsonScanner {
+            max_size,
+            start: None,
+            pos: 0,
+            depth: 0,
+            in_string: false,
+            escaped: false,
         }
-        Some(Ok(v)) => {
-            let mut out = Vec::with_capacity(buf.len());
-            encode(&v, &mut out);
-            Ok(Some((stream.byte_offset(), out)))
-        }
-        Some(Err(e)) if e.is_eof() => Ok(None),
-        Some(Err(e)) => Err(e.into()),
     }
+
+    /// Returns the range of the complete value at the start of `buf` (after any
+    /// whitespace), `None` when more bytes are needed. `buf` must keep its bytes between
+    /// calls until a value is returned.
+    pub fn scan(&mut self, buf: &[u8]) -> Result<Option<Range<usize>>, JsonError> {
+        while self.pos < buf.len() {
+            let b = buf[self.pos];
+            self.pos += 1;
+            let Some(start) = self.start else {
+                match b {
+                    b' ' | b'\t' | b'\r' | b'\n' => continue,
+                    b'[' | b'{' => {
+                        self.start = Some(self.pos - 1);
+                        self.depth = 1;
+                        continue;
+                    }
+                    other => {
+                        *self = JsonScanner::new(self.max_size);
+                        return Err(JsonError::NotContainer(char::from(other)));
+                    }
+                }
+            };
+            if self.pos - start > self.max_size {
+                *self = JsonScanner::new(self.max_size);
+                return Err(JsonError::TooLarge(self.max_size));
+            }
+            if self.in_string {
+                match (self.escaped, b) {
+                    (true, _) => self.escaped = false,
+                    (false, b'\\') => self.escaped = true,
+                    (false, b'"') => self.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_string = true,
+                b'[' | b'{' => self.depth += 1,
+                b']' | b'}' => {
+                    self.depth -= 1;
+                    if self.depth == 0 {
+                        let end = self.pos;
+                        *self = JsonScanner::new(self.max_size);
+                        return Ok(Some(start..end));
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Only whitespace so far stays unconsumed, but counts against the cap.
+        if self.start.is_none() && self.pos > self.max_size {
+            *self = JsonScanner::new(self.max_size);
+            return Err(JsonError::TooLarge(self.max_size));
+        }
+        Ok(None)
+    }
+}
+
+/// Parses one complete JSON value (as found by [`JsonScanner`]) and re-encodes it as
+/// the msgpack request a msgpack client would have sent.
+pub fn json_to_msgpack(value: &[u8]) -> Result<Vec<u8>, JsonError> {
+    let v: Value = serde_json::from_slice(value)?;
+    let mut out = Vec::with_capacity(value.len() + 16);
+    encode(&v, &mut out);
+    Ok(out)
 }
 
 fn encode(v: &Value, out: &mut Vec<u8>) {
@@ -55,11 +130,7 @@ fn encode(v: &Value, out: &mut Vec<u8>) {
                 out.extend_from_slice(&n.as_f64().unwrap_or(0.0).to_bits().to_be_bytes());
             }
         }
-        Value::String(s) => {
-            out.push(0xdb);
-            out.extend_from_slice(&(s.len() as u32).to_be_bytes());
-            out.extend_from_slice(s.as_bytes());
-        }
+        Value::String(s) => encode_str(s, out),
         Value::Array(items) => {
             out.push(0xdd);
             out.extend_from_slice(&(items.len() as u32).to_be_bytes());
@@ -71,13 +142,17 @@ fn encode(v: &Value, out: &mut Vec<u8>) {
             out.push(0xdf);
             out.extend_from_slice(&(map.len() as u32).to_be_bytes());
             for (k, item) in map {
-                out.push(0xdb);
-                out.extend_from_slice(&(k.len() as u32).to_be_bytes());
-                out.extend_from_slice(k.as_bytes());
+                encode_str(k, out);
                 encode(item, out);
             }
         }
     }
+}
+
+fn encode_str(s: &str, out: &mut Vec<u8>) {
+    out.push(0xdb);
+    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
 }
 
 #[cfg(test)]
@@ -87,17 +162,37 @@ mod tests {
 
     #[test]
     fn json_message_becomes_a_request() {
-        let buf = br#"["app", 1700000000, {"log": "hi"}] ["next""#;
-        let (used, frame) = next_json_request(buf).unwrap().unwrap();
-        assert_eq!(&buf[used..], br#" ["next""#);
-        let r = decode_request(&frame).unwrap();
-        assert_eq!(&frame[r.tag], b"app");
-        assert!(matches!(r.entries, Entries::Message(Ok(_))));
-        assert!(next_json_request(&buf[used..]).unwrap().is_none());
+        let buf = br#" ["app", 1700000000, {"log": "h]i\"}"}] ["next""#;
+        let mut s = JsonScanner::new(1 << 20);
+        let r = s.scan(buf).unwrap().unwrap();
+        assert_eq!(&buf[r.end..], br#" ["next""#);
+        let frame = json_to_msgpack(&buf[r.clone()]).unwrap();
+        let req = decode_request(&frame).unwrap();
+        assert_eq!(&frame[req.tag], b"app");
+        assert!(matches!(req.entries, Entries::Message(Ok(_))));
+        assert!(s.scan(&buf[r.end..]).unwrap().is_none());
     }
 
     #[test]
-    fn invalid_json_is_an_error() {
-        assert!(next_json_request(b"[1,,]").is_err());
+    fn resumes_byte_by_byte() {
+        let value = br#"[ "t", 1, {"k": "a\\\"]"} ]"#;
+        let mut s = JsonScanner::new(1 << 20);
+        for end in 0..value.len() {
+            assert!(s.scan(&value[..end]).unwrap().is_none(), "prefix {end}");
+        }
+        assert_eq!(s.scan(value).unwrap(), Some(0..value.len()));
+    }
+
+    #[test]
+    fn errors() {
+        assert!(json_to_msgpack(b"[1,,]").is_err());
+        assert!(matches!(
+            JsonScanner::new(100).scan(b"5"),
+            Err(JsonError::NotContainer('5'))
+        ));
+        assert!(matches!(
+            JsonScanner::new(8).scan(b"[\"0123456789\"]"),
+            Err(JsonError::TooLarge(8))
+        ));
     }
 }

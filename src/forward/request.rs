@@ -154,11 +154,16 @@ pub fn decode_request(frame: &[u8]) -> Result<Request, RequestError> {
 }
 
 /// A Message-mode request may carry the v1.5 time `[EventTime, {metadata}]` in the
-/// place where Forward mode has its entries array: entries hold arrays, times do not.
+/// place where Forward mode has its entries array. A time's first element is a time
+/// (EventTime, integer, float or nil); anything else makes it Forward entries, whose
+/// bad entries are then skipped one by one.
 fn is_v15_time(c: &Cursor<'_>) -> bool {
     let mut probe = c.clone();
     match probe.array_len() {
-        Ok(n) if n > 0 => !matches!(probe.peek_kind(), Ok(Kind::Array)),
+        Ok(n) if n > 0 => matches!(
+            probe.peek_kind(),
+            Ok(Kind::Ext | Kind::Int | Kind::Float | Kind::Nil)
+        ),
         _ => false,
     }
 }
@@ -413,6 +418,23 @@ mod tests {
             decode_request(&f).unwrap().entries,
             Entries::Forward { start: 4, count: 0 }
         );
+    }
+
+    #[test]
+    fn forward_with_a_bad_first_entry_stays_forward() {
+        // ["t", ["x", [1700000000, {"log": "a"}]], {"chunk": "c1"}]
+        let mut f = vec![0x93, 0xa1, b't', 0x92, 0xa1, b'x', 0x92];
+        f.extend_from_slice(&TIME);
+        f.extend_from_slice(&[0x81, 0xa3, b'l', b'o', b'g', 0xa1, b'a']);
+        f.extend_from_slice(&[0x81, 0xa5, b'c', b'h', b'u', b'n', b'k', 0xa2, b'c', b'1']);
+        let r = decode_request(&f).unwrap();
+        let Entries::Forward { start, count } = r.entries else {
+            panic!("{r:?}")
+        };
+        let events: Vec<_> = ForwardEvents::new(&f, start, count).collect();
+        assert_eq!(events[0], Err(EventError::NotEntry("string")));
+        assert!(events[1].is_ok());
+        assert!(r.options.chunk.is_some());
     }
 
     #[test]

@@ -47,10 +47,46 @@ fn write_escaped(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
+/// Longest text of a map key that is not a string. Such keys are rendered as JSON and
+/// then quoted; without a bound, keys nested inside keys would be escaped again at every
+/// level and a tiny request could expand exponentially.
+pub const MAX_KEY_TEXT: usize = 1024;
+
+/// Why rendering stopped early.
+enum Stop {
+    Read(ReadError),
+    /// The output passed its length limit (only for the text of non-string keys).
+    Limit,
+}
+
+impl From<ReadError> for Stop {
+    fn from(e: ReadError) -> Self {
+        Stop::Read(e)
+    }
+}
+
 /// Writes the msgpack value at the cursor as JSON and moves past it. Map keys that are
-/// not strings are rendered as JSON and then quoted; an EventTime extension becomes an
-/// RFC 3339 string; other extensions `{"ext": type, "data": base64}`.
-pub fn write_value(out: &mut Vec<u8>, c: &mut Cursor<'_>, data: &[u8]) -> Result<(), ReadError> {
+/// not strings are rendered as JSON (at most [`MAX_KEY_TEXT`] bytes of it) and then
+/// quoted; an EventTime extension becomes an RFC 3339 string; other extensions
+/// `{"ext": type, "data": base64}`.
+pub fn write_value<'a>(
+    out: &mut Vec<u8>,
+    c: &mut Cursor<'a>,
+    data: &'a [u8],
+) -> Result<(), ReadError> {
+    render(out, c, data, usize::MAX).map_err(|stop| match stop {
+        Stop::Read(e) => e,
+        // No output reaches usize::MAX bytes.
+        Stop::Limit => ReadError::Truncated,
+    })
+}
+
+fn render<'a>(
+    out: &mut Vec<u8>,
+    c: &mut Cursor<'a>,
+    data: &'a [u8],
+    limit: usize,
+) -> Result<(), Stop> {
     match c.peek_kind()? {
         Kind::Nil => {
             c.nil();
@@ -69,10 +105,13 @@ pub fn write_value(out: &mut Vec<u8>, c: &mut Cursor<'_>, data: &[u8]) -> Result
             let n = c.array_len()?;
             out.push(b'[');
             for i in 0..n {
+                if out.len() > limit {
+                    return Err(Stop::Limit);
+                }
                 if i > 0 {
                     out.push(b',');
                 }
-                write_value(out, c, data)?;
+                render(out, c, data, limit)?;
             }
             out.push(b']');
         }
@@ -80,12 +119,15 @@ pub fn write_value(out: &mut Vec<u8>, c: &mut Cursor<'_>, data: &[u8]) -> Result
             let n = c.map_len()?;
             out.push(b'{');
             for i in 0..n {
+                if out.len() > limit {
+                    return Err(Stop::Limit);
+                }
                 if i > 0 {
                     out.push(b',');
                 }
                 write_key(out, c, data)?;
                 out.push(b':');
-                write_value(out, c, data)?;
+                render(out, c, data, limit)?;
             }
             out.push(b'}');
         }
@@ -106,21 +148,39 @@ pub fn write_value(out: &mut Vec<u8>, c: &mut Cursor<'_>, data: &[u8]) -> Result
                 out.extend_from_slice(b"\"}");
             }
         }
-        Kind::Reserved => return Err(ReadError::Reserved),
+        Kind::Reserved => return Err(Stop::Read(ReadError::Reserved)),
     }
     Ok(())
 }
 
-/// Writes a map key: strings as themselves, anything else as its JSON text in quotes.
-pub fn write_key(out: &mut Vec<u8>, c: &mut Cursor<'_>, data: &[u8]) -> Result<(), ReadError> {
+/// Writes a map key: strings as themselves, anything else as its JSON text in quotes,
+/// cut at [`MAX_KEY_TEXT`] bytes (marked with "…").
+pub fn write_key<'a>(
+    out: &mut Vec<u8>,
+    c: &mut Cursor<'a>,
+    data: &'a [u8],
+) -> Result<(), ReadError> {
     if matches!(c.peek_kind()?, Kind::Str | Kind::Bin) {
         let r = c.bytes()?;
         write_str(out, &data[r]);
-    } else {
-        let mut text = Vec::new();
-        write_value(&mut text, c, data)?;
-        write_str(out, &text);
+        return Ok(());
     }
+    let start = c.pos();
+    let mut text = Vec::new();
+    match render(&mut text, c, data, MAX_KEY_TEXT) {
+        Ok(()) => {}
+        Err(Stop::Read(e)) => return Err(e),
+        Err(Stop::Limit) => {
+            *c = Cursor::at(data, start);
+            c.skip()?;
+        }
+    }
+    // Cut here too: the last element may have taken the text past the limit.
+    if text.len() > MAX_KEY_TEXT {
+        text.truncate(MAX_KEY_TEXT);
+        text.extend_from_slice("…".as_bytes());
+    }
+    write_str(out, &text);
     Ok(())
 }
 
@@ -174,5 +234,21 @@ mod tests {
         assert_eq!(json_of(&f), "1.5");
         assert_eq!(json_of(&[0xa2, 0xff, b'x']), "\"\u{fffd}x\"");
         assert_eq!(json_of(&[0xd4, 0x05, 0xff]), r#"{"ext":5,"data":"/w=="}"#);
+    }
+
+    #[test]
+    fn nested_non_string_keys_stay_small() {
+        // {{{...{"\"": 1}...: 1}: 1}, 40 deep: escaping doubles per level without a cap.
+        let depth = 40;
+        let mut v = vec![0x81u8; depth];
+        v.extend_from_slice(&[0xa1, b'"']);
+        v.extend(std::iter::repeat_n(0x01, depth));
+        let mut out = Vec::new();
+        let mut c = Cursor::new(&v);
+        write_value(&mut out, &mut c, &v).unwrap();
+        assert!(c.is_empty(), "the whole value was consumed");
+        assert!(out.len() < 4 * MAX_KEY_TEXT, "{} bytes", out.len());
+        let parsed: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert!(parsed.is_object());
     }
 }

@@ -4,7 +4,7 @@
 use crate::batch::{build_batch, BatchLimits};
 use crate::forward::ack::{encode_ack, encode_json_ack};
 use crate::forward::compression::DecompressError;
-use crate::forward::json::{next_json_request, starts_json, JsonError};
+use crate::forward::json::{json_to_msgpack, starts_json, JsonError, JsonScanner};
 use crate::forward::msgpack::Cursor;
 use crate::forward::{decode_request, Limits, RequestError, ScanError, Scanner};
 use crate::metrics::Counters;
@@ -40,8 +40,6 @@ pub enum ConnectionError {
     Json(#[from] JsonError),
     #[error(transparent)]
     Decompress(#[from] DecompressError),
-    #[error("request over the frame cap of {0} bytes")]
-    TooLarge(usize),
     #[error("connection closed in the middle of a request ({0} bytes unread)")]
     Truncated(usize),
     #[error("publisher stopped; request not acknowledged")]
@@ -83,7 +81,7 @@ where
         peer: peer.clone(),
         shared,
         buf: BytesMut::new(),
-        scanner: None,
+        framing: Framing::Unknown,
     };
     match conn.run(&cancel).await {
         Ok(()) => tracing::debug!(peer = %peer, "connection closed"),
@@ -103,16 +101,22 @@ struct Connection<S> {
     peer: Arc<str>,
     shared: Arc<Shared>,
     buf: BytesMut,
-    /// `None` until the first byte tells msgpack from JSON; JSON connections have none.
-    scanner: Option<Scanner>,
+    framing: Framing,
+}
+
+/// How requests are delimited on a connection, decided by its first byte.
+enum Framing {
+    Unknown,
+    Msgpack(Scanner),
+    Json(JsonScanner),
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn run(&mut self, cancel: &CancellationToken) -> Result<(), ConnectionError> {
-        let mut json = None;
         loop {
-            while let Some(frame) = self.next_frame(&mut json)? {
-                self.handle(frame, json == Some(true)).await?;
+            while let Some(frame) = self.next_frame()? {
+                let json = matches!(self.framing, Framing::Json(_));
+                self.handle(frame, json).await?;
             }
             let want = if self.buf.is_empty() {
                 IDLE_READ
@@ -137,32 +141,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
-    /// Splits the next complete request off the buffer, if there is one.
-    fn next_frame(&mut self, json: &mut Option<bool>) -> Result<Option<Bytes>, ConnectionError> {
-        loop {
+    /// Splits the next complete request off the buffer, if there is one. JSON requests
+    /// come back re-encoded as msgpack.
+    fn next_frame(&mut self) -> Result<Option<Bytes>, ConnectionError> {
+        let limits = self.shared.limits;
+        if let Framing::Unknown = self.framing {
             let Some(&first) = self.buf.first() else {
                 return Ok(None);
             };
-            let limits = self.shared.limits;
-            if *json.get_or_insert_with(|| starts_json(first)) {
-                return match next_json_request(&self.buf)? {
-                    Some((used, frame)) => {
-                        self.buf.advance(used);
-                        if frame.is_empty() {
-                            continue; // whitespace between values
-                        }
-                        Ok(Some(Bytes::from(frame)))
-                    }
-                    None if self.buf.len() > limits.max_size => {
-                        Err(ConnectionError::TooLarge(limits.max_size))
-                    }
-                    None => Ok(None),
-                };
-            }
-            let scanner = self.scanner.get_or_insert_with(|| Scanner::new(limits));
-            return Ok(scanner
+            self.framing = if starts_json(first) {
+                Framing::Json(JsonScanner::new(limits.max_size))
+            } else {
+                Framing::Msgpack(Scanner::new(limits))
+            };
+        }
+        match &mut self.framing {
+            Framing::Unknown => Ok(None),
+            Framing::Msgpack(scanner) => Ok(scanner
                 .scan(&self.buf)?
-                .map(|n| self.buf.split_to(n).freeze()));
+                .map(|n| self.buf.split_to(n).freeze())),
+            Framing::Json(scanner) => match scanner.scan(&self.buf)? {
+                Some(value) => {
+                    let frame = json_to_msgpack(&self.buf[value.clone()])?;
+                    self.buf.advance(value.end);
+                    Ok(Some(Bytes::from(frame)))
+                }
+                None => Ok(None),
+            },
         }
     }
 
