@@ -1,7 +1,28 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs and is not part of a fresh machine. Safe to re-run.
+# Installs what the test suite needs and is not part of a fresh machine. Safe to re-run:
+# apt is skipped entirely when every package is already installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Real peers of the integration tests (see shared PEERS notes):
+#   docker.io        Docker 20.10 engine with the fluentd log driver (and swarm mode)
+#   busybox-static   /bin/busybox, imported as the local image local/busybox:latest
+#   golang-go + golang-github-fluent-fluent-logger-golang-dev
+#                    the Go client library that Docker itself uses, built offline
+#   docker-compose   Compose v1, for the docker-compose.yml at the repository root
+APT_PACKAGES=(docker.io busybox-static golang-go golang-github-fluent-fluent-logger-golang-dev docker-compose)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+  [ "$status" = "install ok installed" ] || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing with apt: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q "${APT_PACKAGES[@]}"
+fi
 
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
   -r tests/py/requirements.txt

@@ -22,5 +22,10 @@ step "building the gateway for the integration tests"
 cargo build --locked --bin fwdgate
 export FWDGATE_BIN="$PWD/target/debug/fwdgate"
 
-step "integration tests (pytest, real libzmq subscribers and client libraries)"
+step "Docker daemon for the real-peer tests (started here only if none is running)"
+export FWDGATE_DOCKERD_PIDFILE="$PWD/target/fwdgate-dockerd.pid"
+trap 'scripts/stop-dockerd.sh' EXIT
+scripts/start-dockerd.sh
+
+step "integration tests (pytest: Docker, swarm, compose, Go and Python clients, pyzmq subscribers)"
 python3 -m pytest -q tests/py "$@"

@@ -509,3 +509,35 @@ def pytest_sessionfinish(session, exitstatus):
     if _CTX is not None:
         _CTX.term()
         _CTX = None
+
+
+# -------------------------------------------------------------------- real peers (Docker)
+# Session-wide: the Docker daemon (used when it answers, else started by
+# scripts/start-dockerd.sh and stopped at the end) and the local busybox image.
+
+
+@pytest.fixture(scope="session")
+def dockerd():
+    import peers
+
+    d = peers.Dockerd().ensure()
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="session")
+def busybox_image(dockerd):
+    import peers
+
+    peers.ensure_busybox_image()
+    return peers.BUSYBOX_IMAGE
+
+
+@pytest.fixture
+def containers(dockerd):
+    """Tracks containers a test starts; removes them by id afterwards, pass or fail."""
+    import peers
+
+    c = peers.Containers()
+    yield c
+    c.remove_all()

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Stages the build context of docker/Dockerfile.offline: the fwdgate binary, the shared
+# libraries it links (as ldd lists them) and the dynamic loader, laid out as the image's
+# root file system. No registry is needed to build the image from it.
+#
+#   scripts/stage-image.sh [BINARY] [DEST]
+#   defaults: target/debug/fwdgate, target/docker-offline (what docker-compose.yml uses)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bin=${1:-target/debug/fwdgate}
+dest=${2:-target/docker-offline}
+[ -x "$bin" ] || { echo "stage-image: no binary at $bin (run cargo build first)" >&2; exit 1; }
+rm -rf "$dest"
+mkdir -p "$dest/rootfs/usr/local/bin"
+cp "$bin" "$dest/rootfs/usr/local/bin/fwdgate"
+for f in $(ldd "$bin" | grep -o '/[^ ]*'); do
+  cp --parents -L "$f" "$dest/rootfs/"
+done
+echo "stage-image: staged $bin in $dest"
