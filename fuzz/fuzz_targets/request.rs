@@ -80,15 +80,6 @@ impl Sink for Frames {
         Ok(())
     }
 
-    fn last_frame_with(
-        &mut self,
-        len: usize,
-        fill: &mut dyn FnMut(&mut [u8]),
-    ) -> Result<(), Infallible> {
-        let mut v = vec![0xaa; len];
-        fill(&mut v);
-        self.frame(&v, false)
-    }
 }
 
 fn in_range(span: Span, len: usize) {

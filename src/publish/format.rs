@@ -12,13 +12,18 @@ pub trait Sink {
     type Error;
     /// Sends a frame; `more` when another frame of the same message follows.
     fn frame(&mut self, bytes: &[u8], more: bool) -> Result<(), Self::Error>;
-    /// Sends the last frame of a message, `len` bytes written in place by `fill`, so the
-    /// line is copied once, into the message itself.
+    /// Sends the last frame of a message, `len` bytes written in place by `fill`. The
+    /// ZeroMQ sink overrides this to write straight into the message, so the line is
+    /// copied once; the default fills a temporary buffer.
     fn last_frame_with(
         &mut self,
         len: usize,
         fill: &mut dyn FnMut(&mut [u8]),
-    ) -> Result<(), Self::Error>;
+    ) -> Result<(), Self::Error> {
+        let mut buf = vec![0; len];
+        fill(&mut buf);
+        self.frame(&buf, false)
+    }
 }
 
 /// Turns routed events into frames in the configured format.
@@ -193,15 +198,6 @@ mod tests {
                 self.0.push(std::mem::take(&mut self.1));
             }
             Ok(())
-        }
-        fn last_frame_with(
-            &mut self,
-            len: usize,
-            fill: &mut dyn FnMut(&mut [u8]),
-        ) -> Result<(), Infallible> {
-            let mut v = vec![0; len];
-            fill(&mut v);
-            self.frame(&v, false)
         }
     }
 
