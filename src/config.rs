@@ -126,6 +126,9 @@ pub enum Format {
     Seed,
     /// tenant, service, the whole record as one JSON object.
     Json,
+    /// Publish nothing: events are accepted, counted and dropped. For measuring intake
+    /// alone, like Fluentd's and Fluent Bit's null outputs.
+    Null,
 }
 
 impl Format {
@@ -133,6 +136,7 @@ impl Format {
         match self {
             Format::Seed => "seed",
             Format::Json => "json",
+            Format::Null => "null",
         }
     }
 }
@@ -141,7 +145,8 @@ impl Format {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OutputConfig {
-    /// Output format: `"seed"` (default) or `"json"`.
+    /// Output format: `"seed"` (default), `"json"`, or `"null"` (publish nothing; for
+    /// measuring intake).
     pub format: Format,
     /// Endpoints the PUB socket binds (`tcp://host:port`, `ipc://path`; `tcp://host:*`
     /// picks a free port). Default `tcp://0.0.0.0:6362` when `zmq_connect` is empty too.

@@ -16,6 +16,8 @@ pub struct Counters {
     /// Events skipped because they were invalid inside a valid request.
     pub events_invalid: AtomicU64,
     pub events_published: AtomicU64,
+    /// Events accepted and dropped on purpose by the `null` output format.
+    pub events_discarded: AtomicU64,
     pub events_dropped: AtomicU64,
     pub acks_sent: AtomicU64,
 }
@@ -25,12 +27,13 @@ impl Counters {
     pub fn summary(&self) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "connections={} rejected={} requests={} bytes={} events_published={} events_invalid={} events_dropped={} signal_requests={} acks={} heartbeats={}",
+            "connections={} rejected={} requests={} bytes={} events_published={} events_discarded={} events_invalid={} events_dropped={} signal_requests={} acks={} heartbeats={}",
             g(&self.connections_accepted),
             g(&self.connections_rejected),
             g(&self.requests),
             g(&self.bytes_received),
             g(&self.events_published),
+            g(&self.events_discarded),
             g(&self.events_invalid),
             g(&self.events_dropped),
             g(&self.signal_requests),

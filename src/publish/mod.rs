@@ -4,7 +4,7 @@
 pub mod format;
 pub mod json;
 
-use crate::config::{OutputConfig, RouteConfig};
+use crate::config::{Format, OutputConfig, RouteConfig};
 use crate::metrics::Counters;
 use crate::route::{Routed, Span};
 use bytes::Bytes;
@@ -165,10 +165,15 @@ fn run(
     counters: Arc<Counters>,
 ) {
     let mut sink = ZmqSink(&socket);
+    let sent = if encoder.format() == Format::Null {
+        &counters.events_discarded
+    } else {
+        &counters.events_published
+    };
     while let Some(batch) = rx.blocking_recv() {
         match encoder.encode_batch(&batch, &mut sink) {
             Ok(n) => {
-                counters.events_published.fetch_add(n, Ordering::Relaxed);
+                sent.fetch_add(n, Ordering::Relaxed);
             }
             Err(e) => {
                 counters

@@ -155,3 +155,29 @@ def test_lockstep_acks_2000(gw, subscribe):
     assert [m[2] for m in msgs] == [("ctr: line %05d" % i).encode() for i in range(n)]
     assert all(m[:2] == [b"lock", b"s"] for m in msgs)
     assert s.sync(gw) == []
+
+
+def test_null_format_acks_and_publishes_nothing(start_gateway, subscribe):
+    """`--format null` accepts, acks and counts events but publishes nothing."""
+    import re
+    import zmq
+
+    gw = start_gateway("--format", "null")
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.SUB)
+    s.connect(gw.zmq_bind[0])
+    s.subscribe(b"")
+    try:
+        with gw.connect() as c:
+            for i in range(100):
+                chunk = "n%d" % i
+                c.send(message("app", T0, fwd.rec("line %d" % i, tenant="tn"), option(chunk=chunk)))
+                assert c.recv_exact(len(ack(chunk))) == ack(chunk)
+        assert s.poll(300) == 0, "null format published something"
+    finally:
+        s.close(0)
+    gw.stop()
+    stopped = gw.wait_log(lambda raw, obj: "fwdgate stopped" in raw, timeout=10)
+    assert stopped is not None, gw.stderr_text()
+    assert re.search(r"events_published=0 events_discarded=100 ", stopped), stopped
+    assert re.search(r"acks=100 ", stopped), stopped
