@@ -63,6 +63,13 @@ pub struct InputConfig {
     pub max_decompressed_size: usize,
     /// Deepest nesting of arrays and maps in a request. Default 128.
     pub max_depth: usize,
+    /// Chunk ids remembered per client (its IP address, or the unix socket path), so
+    /// that a request resent after a lost ack is acked again but not published twice.
+    /// 0 turns this off. Default 1024.
+    pub dedup_window: usize,
+    /// Clients whose chunk ids are remembered; the least recently active is forgotten
+    /// first. Default 4096.
+    pub dedup_clients: usize,
 }
 
 impl Default for InputConfig {
@@ -75,6 +82,8 @@ impl Default for InputConfig {
             max_frame_size: 16 << 20,
             max_decompressed_size: 64 << 20,
             max_depth: 128,
+            dedup_window: 1024,
+            dedup_clients: 4096,
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod batch;
 pub mod cli;
 pub mod config;
+pub mod dedup;
 pub mod forward;
 pub mod metrics;
 pub mod publish;

@@ -9,6 +9,9 @@ pub struct Counters {
     /// Connections closed because their input could not be trusted.
     pub connections_rejected: AtomicU64,
     pub requests: AtomicU64,
+    /// Requests whose chunk id was accepted before (a client's resend): acked again,
+    /// not published again.
+    pub requests_duplicate: AtomicU64,
     pub bytes_received: AtomicU64,
     pub heartbeats: AtomicU64,
     /// Requests with `fluent_signal` 1 or 2 (metrics, traces): accepted, not published.
@@ -27,10 +30,11 @@ impl Counters {
     pub fn summary(&self) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "connections={} rejected={} requests={} bytes={} events_published={} events_discarded={} events_invalid={} events_dropped={} signal_requests={} acks={} heartbeats={}",
+            "connections={} rejected={} requests={} duplicates={} bytes={} events_published={} events_discarded={} events_invalid={} events_dropped={} signal_requests={} acks={} heartbeats={}",
             g(&self.connections_accepted),
             g(&self.connections_rejected),
             g(&self.requests),
+            g(&self.requests_duplicate),
             g(&self.bytes_received),
             g(&self.events_published),
             g(&self.events_discarded),

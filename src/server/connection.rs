@@ -2,6 +2,7 @@
 //! request's events to the publisher in one batch, then ack.
 
 use crate::batch::{build_batch, BatchLimits};
+use crate::dedup::Dedup;
 use crate::forward::ack::{encode_ack, encode_json_ack};
 use crate::forward::compression::DecompressError;
 use crate::forward::json::{json_to_msgpack, starts_json, JsonError, JsonScanner};
@@ -27,6 +28,8 @@ pub struct Shared {
     pub batch_limits: BatchLimits,
     pub publisher: Queue,
     pub counters: Arc<Counters>,
+    /// Chunk ids accepted recently, to ack resends without publishing them twice.
+    pub dedup: Option<Dedup>,
 }
 
 /// Why a connection was closed by the gateway.
@@ -67,8 +70,15 @@ const BUSY_READ: usize = 64 * 1024;
 
 /// Serves one connection until the client closes it, it sends bad input, or `cancel`
 /// fires (then requests already read are finished first). Logs the outcome.
-pub async fn serve<S>(stream: S, peer: Arc<str>, shared: Arc<Shared>, cancel: CancellationToken)
-where
+/// `peer` names the connection in logs; `identity` names the client across its
+/// connections (its IP address, or the unix socket path) for duplicate detection.
+pub async fn serve<S>(
+    stream: S,
+    peer: Arc<str>,
+    identity: Arc<str>,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     shared
@@ -79,6 +89,7 @@ where
     let mut conn = Connection {
         stream,
         peer: peer.clone(),
+        identity,
         shared,
         buf: BytesMut::new(),
         framing: Framing::Unknown,
@@ -99,6 +110,7 @@ where
 struct Connection<S> {
     stream: S,
     peer: Arc<str>,
+    identity: Arc<str>,
     shared: Arc<Shared>,
     buf: BytesMut,
     framing: Framing,
@@ -172,27 +184,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     async fn handle(&mut self, frame: Bytes, json: bool) -> Result<(), ConnectionError> {
-        let counters = &self.shared.counters;
+        let shared = self.shared.clone();
+        let counters = &shared.counters;
         if frame[..] == [0xc0] {
             counters.heartbeats.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
         counters.requests.fetch_add(1, Ordering::Relaxed);
         let request = decode_request(&frame)?;
-        let ack = request.options.chunk.clone().map(|c| {
+        let chunk = request.options.chunk.clone().map(|c| frame.slice(c));
+        let ack = chunk.as_ref().map(|c| {
             if json {
-                let mut chunk = Vec::new();
-                let _ = write_value(&mut chunk, &mut Cursor::at(&frame, c.start), &frame);
-                encode_json_ack(&chunk)
+                let mut text = Vec::new();
+                let _ = write_value(&mut text, &mut Cursor::new(c), c);
+                encode_json_ack(&text)
             } else {
-                encode_ack(&frame[c])
+                encode_ack(c)
             }
         });
+        let dedup = shared.dedup.as_ref().zip(chunk.as_ref());
+        if let Some((dedup, chunk)) = dedup {
+            if dedup.seen(&self.identity, chunk) {
+                // A resend after a lost ack: accepted before, so ack it again only.
+                counters.requests_duplicate.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(peer = %self.peer, "duplicate chunk acked again, not republished");
+                return self.write_ack(ack).await;
+            }
+        }
         if request.options.signal != 0 {
             // Metrics and traces carry cmetrics/ctraces payloads, not log records.
             counters.signal_requests.fetch_add(1, Ordering::Relaxed);
         } else {
-            let shared = &self.shared;
             let (batch, invalid) = build_batch(
                 frame,
                 &request,
@@ -214,6 +236,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     .map_err(|_| ConnectionError::PublisherClosed)?;
             }
         }
+        if let Some((dedup, chunk)) = dedup {
+            dedup.remember(&self.identity, chunk);
+        }
+        self.write_ack(ack).await
+    }
+
+    async fn write_ack(&mut self, ack: Option<Vec<u8>>) -> Result<(), ConnectionError> {
         if let Some(ack) = ack {
             self.stream.write_all(&ack).await?;
             self.shared

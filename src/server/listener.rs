@@ -104,6 +104,7 @@ impl Listeners {
                             tracker.spawn(serve(
                                 stream,
                                 addr.to_string().into(),
+                                addr.ip().to_string().into(),
                                 shared.clone(),
                                 cancel.clone(),
                             ));
@@ -126,6 +127,7 @@ impl Listeners {
                         Ok((stream, _)) => {
                             tracker.spawn(serve(
                                 stream,
+                                peer.clone(),
                                 peer.clone(),
                                 shared.clone(),
                                 cancel.clone(),

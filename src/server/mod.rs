@@ -7,6 +7,7 @@ mod listener;
 
 use crate::batch::BatchLimits;
 use crate::config::Config;
+use crate::dedup::Dedup;
 use crate::forward::Limits;
 use crate::metrics::Counters;
 use crate::publish::{PublishError, Publisher};
@@ -67,6 +68,7 @@ pub async fn run(
         },
         publisher: sender,
         counters: counters.clone(),
+        dedup: Dedup::new(config.input.dedup_window, config.input.dedup_clients),
     });
 
     tracing::info!(

@@ -127,8 +127,9 @@ def test_ack_means_published(gw, sub):
             assert sub.recv(5.0) == seed("default", "default", "app", "promise %d" % i)
 
 
-def test_same_chunk_resent_is_acked_again(gw, sub):
-    """Docker resends the same bytes with the same chunk after an error: at-least-once."""
+def test_same_chunk_resent_is_acked_again_and_published_once(gw, sub):
+    """Docker resends the same bytes with the same chunk after a lost ack: the resend is
+    acked again (on the new connection) but not published twice."""
     data = message("app", T0, fwd.rec("dup"), option(chunk="same"))
     with gw.connect() as c:
         c.send(data)
@@ -136,6 +137,28 @@ def test_same_chunk_resent_is_acked_again(gw, sub):
     with gw.connect() as c:
         c.send(data)
         assert c.recv_exact(len(ack("same"))) == ack("same")
+    assert sub.recv_n(1) == [seed("default", "default", "app", "dup")]
+    assert sub.sync(gw) == [], "the resent chunk was published again"
+    # a new chunk id with the same record is a new request
+    with gw.connect() as c:
+        c.send(message("app", T0, fwd.rec("dup"), option(chunk="other")))
+        assert c.recv_exact(len(ack("other"))) == ack("other")
+    assert sub.recv_n(1) == [seed("default", "default", "app", "dup")]
+    gw.stop()
+    stopped = gw.wait_log(lambda raw, obj: "fwdgate stopped" in raw, timeout=10)
+    assert stopped is not None and " duplicates=1 " in stopped, stopped
+
+
+def test_dedup_window_zero_publishes_resends(start_gateway, subscribe, tmp_path):
+    cfg = tmp_path / "nodedup.toml"
+    cfg.write_text("[input]\ndedup_window = 0\n")
+    gw = start_gateway("--config", str(cfg))
+    sub = subscribe(gw)
+    data = message("app", T0, fwd.rec("dup"), option(chunk="same"))
+    for _ in range(2):
+        with gw.connect() as c:
+            c.send(data)
+            assert c.recv_exact(len(ack("same"))) == ack("same")
     assert sub.recv_n(2) == [seed("default", "default", "app", "dup")] * 2
 
 
