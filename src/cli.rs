@@ -101,6 +101,14 @@ pub struct GatewayArgs {
     /// Bytes appended to the tenant frame, for exact subscriptions.
     #[arg(long, env = "FWDGATE_TOPIC_SUFFIX", global = true, value_name = "STR")]
     pub topic_suffix: Option<String>,
+    /// Address of the HTTP endpoint for /metrics, /healthz and /readyz.
+    #[arg(
+        long,
+        env = "FWDGATE_METRICS_LISTEN",
+        global = true,
+        value_name = "ADDR"
+    )]
+    pub metrics_listen: Option<String>,
     /// Format of the gateway's own log.
     #[arg(long, env = "FWDGATE_LOG_FORMAT", global = true, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -153,6 +161,9 @@ impl GatewayArgs {
         }
         if let Some(v) = &self.topic_suffix {
             c.output.topic_suffix.clone_from(v);
+        }
+        if let Some(v) = &self.metrics_listen {
+            c.metrics.listen.clone_from(v);
         }
         if let Some(v) = self.log_format {
             c.log.format = v;

@@ -36,6 +36,7 @@ pub struct Config {
     pub route: RouteConfig,
     pub output: OutputConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
     pub shutdown: ShutdownConfig,
 }
 
@@ -220,6 +221,27 @@ impl Default for LogConfig {
     }
 }
 
+/// The operations endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address (`host:port`) of the HTTP endpoint serving `/metrics` (Prometheus text),
+    /// `/healthz` and `/readyz`. Empty (the default): no endpoint.
+    pub listen: String,
+    /// Tenants that get their own `fwdgate_tenant_events_total` series; events of any
+    /// further tenants are summed under `tenant="_other"`. Default 1000.
+    pub max_tenants: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: String::new(),
+            max_tenants: 1000,
+        }
+    }
+}
+
 /// Graceful shutdown on SIGTERM or SIGINT.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -282,6 +304,17 @@ impl Config {
             }
         }
         self.unix_mode()?;
+        let metrics = &self.metrics.listen;
+        if !metrics.is_empty()
+            && metrics
+                .to_socket_addrs()
+                .map(|mut a| a.next().is_none())
+                .unwrap_or(true)
+        {
+            return invalid(format!(
+                "metrics.listen: {metrics:?} is not a host:port address"
+            ));
+        }
         if self.input.max_frame_size < 64 {
             return invalid("input.max_frame_size must be at least 64 bytes".into());
         }

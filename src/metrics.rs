@@ -1,11 +1,17 @@
-//! Counters of what the gateway did, shared by every task.
+//! Counters and gauges of what the gateway does, shared by every task, and their
+//! Prometheus text rendering (served by `server::http`).
 
+use std::collections::HashMap;
+use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
-/// Monotonic counters; each is added to where the thing happens.
+/// Monotonic counters (each added to where the thing happens) and a few gauges.
 #[derive(Debug, Default)]
 pub struct Counters {
     pub connections_accepted: AtomicU64,
+    /// Gauge: connections open now.
+    pub connections_active: AtomicU64,
     /// Connections closed because their input could not be trusted.
     pub connections_rejected: AtomicU64,
     pub requests: AtomicU64,
@@ -21,28 +27,258 @@ pub struct Counters {
     pub events_published: AtomicU64,
     /// Events accepted and dropped on purpose by the `null` output format.
     pub events_discarded: AtomicU64,
+    /// Events lost because ZeroMQ refused to send them.
     pub events_dropped: AtomicU64,
     pub acks_sent: AtomicU64,
+    /// Gauge: requests and bytes waiting in the publisher queue.
+    pub queue_requests: AtomicU64,
+    pub queue_bytes: AtomicU64,
+    /// Gauge: ZeroMQ peers connected to the PUB socket (subscribers that connected to a
+    /// bound endpoint, and connect endpoints whose peer is up).
+    pub zmq_peers: AtomicU64,
+}
+
+fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
 }
 
 impl Counters {
     /// One line's worth of fields for the shutdown log.
     pub fn summary(&self) -> String {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
             "connections={} rejected={} requests={} duplicates={} bytes={} events_published={} events_discarded={} events_invalid={} events_dropped={} signal_requests={} acks={} heartbeats={}",
-            g(&self.connections_accepted),
-            g(&self.connections_rejected),
-            g(&self.requests),
-            g(&self.requests_duplicate),
-            g(&self.bytes_received),
-            g(&self.events_published),
-            g(&self.events_discarded),
-            g(&self.events_invalid),
-            g(&self.events_dropped),
-            g(&self.signal_requests),
-            g(&self.acks_sent),
-            g(&self.heartbeats),
+            get(&self.connections_accepted),
+            get(&self.connections_rejected),
+            get(&self.requests),
+            get(&self.requests_duplicate),
+            get(&self.bytes_received),
+            get(&self.events_published),
+            get(&self.events_discarded),
+            get(&self.events_invalid),
+            get(&self.events_dropped),
+            get(&self.signal_requests),
+            get(&self.acks_sent),
+            get(&self.heartbeats),
         )
+    }
+
+    /// Subtracts from a gauge without wrapping below zero.
+    pub fn decrease(gauge: &AtomicU64, by: u64) {
+        let _ = gauge.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(v.saturating_sub(by))
+        });
+    }
+}
+
+/// Events published per tenant, with a cap on how many tenants get their own series
+/// (label cardinality): the rest are summed under `tenant="_other"`.
+#[derive(Debug)]
+pub struct TenantCounts {
+    max_tenants: usize,
+    counts: Mutex<HashMap<Box<[u8]>, u64>>,
+    other: AtomicU64,
+}
+
+/// The label value of tenants past the cap.
+pub const OTHER_TENANTS: &str = "_other";
+
+impl TenantCounts {
+    pub fn new(max_tenants: usize) -> Self {
+        TenantCounts {
+            max_tenants,
+            counts: Mutex::new(HashMap::new()),
+            other: AtomicU64::new(0),
+        }
+    }
+
+    /// Adds runs of `(tenant, events)`; one lock for the whole batch.
+    pub fn add_runs<'a>(&self, runs: impl IntoIterator<Item = (&'a [u8], u64)>) {
+        let Ok(mut counts) = self.counts.lock() else {
+            return;
+        };
+        for (tenant, n) in runs {
+            if let Some(c) = counts.get_mut(tenant) {
+                *c += n;
+            } else if counts.len() < self.max_tenants {
+                counts.insert(tenant.into(), n);
+            } else {
+                self.other.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Vec<(String, u64)> {
+        let mut out: Vec<(String, u64)> = self
+            .counts
+            .lock()
+            .map(|c| {
+                c.iter()
+                    .map(|(t, n)| (String::from_utf8_lossy(t).into_owned(), *n))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        let other = get(&self.other);
+        if other > 0 {
+            out.push((OTHER_TENANTS.to_owned(), other));
+        }
+        out
+    }
+}
+
+/// Renders every metric in the Prometheus text exposition format (version 0.0.4).
+pub fn render(c: &Counters, tenants: &TenantCounts) -> String {
+    let mut out = String::with_capacity(4096);
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    metric(
+        "fwdgate_connections_accepted_total",
+        "counter",
+        "Client connections accepted.",
+        get(&c.connections_accepted),
+    );
+    metric(
+        "fwdgate_connections_active",
+        "gauge",
+        "Client connections open now.",
+        get(&c.connections_active),
+    );
+    metric(
+        "fwdgate_connections_rejected_total",
+        "counter",
+        "Connections closed for input that could not be trusted.",
+        get(&c.connections_rejected),
+    );
+    metric(
+        "fwdgate_requests_total",
+        "counter",
+        "Forward-protocol requests received (heartbeats excluded).",
+        get(&c.requests),
+    );
+    metric(
+        "fwdgate_requests_duplicate_total",
+        "counter",
+        "Resent requests whose chunk id was already accepted: acked again, not republished.",
+        get(&c.requests_duplicate),
+    );
+    metric(
+        "fwdgate_signal_requests_total",
+        "counter",
+        "Requests with fluent_signal 1 or 2 (metrics, traces): acked, not published.",
+        get(&c.signal_requests),
+    );
+    metric(
+        "fwdgate_bytes_received_total",
+        "counter",
+        "Bytes read from clients.",
+        get(&c.bytes_received),
+    );
+    metric(
+        "fwdgate_heartbeats_total",
+        "counter",
+        "Heartbeats received (msgpack nil on TCP, UDP datagrams).",
+        get(&c.heartbeats),
+    );
+    metric(
+        "fwdgate_events_published_total",
+        "counter",
+        "Events sent to the ZeroMQ socket.",
+        get(&c.events_published),
+    );
+    metric(
+        "fwdgate_acks_sent_total",
+        "counter",
+        "Acks written to clients.",
+        get(&c.acks_sent),
+    );
+    metric(
+        "fwdgate_queue_requests",
+        "gauge",
+        "Requests waiting in the publisher queue.",
+        get(&c.queue_requests),
+    );
+    metric(
+        "fwdgate_queue_bytes",
+        "gauge",
+        "Bytes of requests waiting in the publisher queue.",
+        get(&c.queue_bytes),
+    );
+    metric(
+        "fwdgate_zmq_peers",
+        "gauge",
+        "ZeroMQ peers connected to the PUB socket.",
+        get(&c.zmq_peers),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP fwdgate_events_dropped_total Events not published, by reason.\n\
+         # TYPE fwdgate_events_dropped_total counter\n\
+         fwdgate_events_dropped_total{{reason=\"invalid\"}} {}\n\
+         fwdgate_events_dropped_total{{reason=\"zmq_send_failed\"}} {}\n\
+         fwdgate_events_dropped_total{{reason=\"null_output\"}} {}",
+        get(&c.events_invalid),
+        get(&c.events_dropped),
+        get(&c.events_discarded),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP fwdgate_tenant_events_total Events published per tenant (tenants past the cap are summed as \"{OTHER_TENANTS}\").\n\
+         # TYPE fwdgate_tenant_events_total counter"
+    );
+    for (tenant, n) in tenants.snapshot() {
+        let _ = writeln!(
+            out,
+            "fwdgate_tenant_events_total{{tenant=\"{}\"}} {n}",
+            escape_label(&tenant)
+        );
+    }
+    out
+}
+
+/// Escapes a label value as the exposition format requires.
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_cap_sums_the_rest() {
+        let t = TenantCounts::new(2);
+        t.add_runs([(&b"a"[..], 1), (b"b", 2), (b"c", 3), (b"a", 4)]);
+        assert_eq!(
+            t.snapshot(),
+            [("a".into(), 5), ("b".into(), 2), (OTHER_TENANTS.into(), 3)]
+        );
+    }
+
+    #[test]
+    fn render_has_every_family_once() {
+        let c = Counters::default();
+        c.events_invalid.fetch_add(2, Ordering::Relaxed);
+        let t = TenantCounts::new(10);
+        t.add_runs([(&b"t\"1"[..], 7)]);
+        let text = render(&c, &t);
+        assert!(text.contains("fwdgate_events_dropped_total{reason=\"invalid\"} 2\n"));
+        assert!(text.contains("fwdgate_tenant_events_total{tenant=\"t\\\"1\"} 7\n"));
+        let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
+        let helps = text.lines().filter(|l| l.starts_with("# HELP")).count();
+        assert_eq!(types, helps);
+        assert_eq!(types, 15);
+    }
+
+    #[test]
+    fn gauges_do_not_wrap() {
+        let c = Counters::default();
+        Counters::decrease(&c.queue_bytes, 5);
+        assert_eq!(get(&c.queue_bytes), 0);
     }
 }

@@ -56,6 +56,12 @@ impl Encoder {
         self.format
     }
 
+    /// The tenant of an event, as published (without the topic suffix).
+    pub fn tenant_of<'a>(&'a self, batch: &'a Batch, ev: &Routed) -> &'a [u8] {
+        ev.tenant
+            .map_or(&self.default_tenant[..], |s| s.get(&batch.data))
+    }
+
     /// Sends every event of the batch; returns how many were sent.
     pub fn encode_batch<S: Sink>(&mut self, batch: &Batch, sink: &mut S) -> Result<u64, S::Error> {
         if self.format == Format::Null {

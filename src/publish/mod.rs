@@ -3,9 +3,10 @@
 
 pub mod format;
 pub mod json;
+mod monitor;
 
 use crate::config::{Format, OutputConfig, RouteConfig};
-use crate::metrics::Counters;
+use crate::metrics::{Counters, TenantCounts};
 use crate::route::{Routed, Span};
 use bytes::Bytes;
 use format::{Encoder, Sink};
@@ -37,6 +38,7 @@ pub struct Queue {
     sender: mpsc::Sender<Batch>,
     bytes: Arc<Semaphore>,
     max_bytes: usize,
+    counters: Arc<Counters>,
 }
 
 /// The publisher has stopped; the batch was not accepted.
@@ -57,7 +59,16 @@ impl Queue {
             .await
             .map_err(|_| QueueClosed)?;
         batch.permit = Some(permit);
-        self.sender.send(batch).await.map_err(|_| QueueClosed)
+        // Counted before the send: the publisher may take the batch (and count it out)
+        // before `send` returns here.
+        let c = &self.counters;
+        c.queue_requests.fetch_add(1, Ordering::Relaxed);
+        c.queue_bytes.fetch_add(cost as u64, Ordering::Relaxed);
+        self.sender.send(batch).await.map_err(|_| {
+            Counters::decrease(&c.queue_requests, 1);
+            Counters::decrease(&c.queue_bytes, cost as u64);
+            QueueClosed
+        })
     }
 }
 
@@ -97,6 +108,7 @@ impl Publisher {
         route: &RouteConfig,
         linger: Duration,
         counters: Arc<Counters>,
+        tenants: Arc<TenantCounts>,
     ) -> Result<(Queue, Publisher), PublishError> {
         let ctx = zmq::Context::new();
         let socket = ctx.socket(zmq::PUB).map_err(PublishError::Socket)?;
@@ -106,6 +118,9 @@ impl Publisher {
         socket
             .set_linger(i32::try_from(linger.as_millis()).unwrap_or(i32::MAX))
             .map_err(PublishError::Socket)?;
+        // Watch connects and disconnects, so readiness and metrics know whether any
+        // subscriber or collector is there.
+        monitor::start(&ctx, &socket, counters.clone())?;
         let mut bound = Vec::new();
         for endpoint in &output.zmq_bind {
             socket.bind(endpoint).map_err(|source| PublishError::Bind {
@@ -133,11 +148,12 @@ impl Publisher {
             sender,
             bytes: Arc::new(Semaphore::new(max_bytes)),
             max_bytes,
+            counters: counters.clone(),
         };
         let encoder = Encoder::new(output, route);
         let thread = std::thread::Builder::new()
             .name("fwdgate-publisher".into())
-            .spawn(move || run(ctx, socket, rx, encoder, counters))
+            .spawn(move || run(ctx, socket, rx, encoder, counters, tenants))
             .map_err(PublishError::Thread)?;
         Ok((
             queue,
@@ -163,6 +179,7 @@ fn run(
     mut rx: mpsc::Receiver<Batch>,
     mut encoder: Encoder,
     counters: Arc<Counters>,
+    tenants: Arc<TenantCounts>,
 ) {
     let mut sink = ZmqSink(&socket);
     let sent = if encoder.format() == Format::Null {
@@ -171,9 +188,13 @@ fn run(
         &counters.events_published
     };
     while let Some(batch) = rx.blocking_recv() {
+        Counters::decrease(&counters.queue_requests, 1);
+        let cost = batch.permit.as_ref().map_or(0, |p| p.num_permits() as u64);
+        Counters::decrease(&counters.queue_bytes, cost);
         match encoder.encode_batch(&batch, &mut sink) {
             Ok(n) => {
                 sent.fetch_add(n, Ordering::Relaxed);
+                count_tenants(&encoder, &batch, &tenants);
             }
             Err(e) => {
                 counters
@@ -186,6 +207,21 @@ fn run(
     // Closing waits up to the linger time for queued messages to reach subscribers.
     drop(socket);
     drop(ctx);
+}
+
+/// Counts a published batch per tenant. Consecutive events of one tenant (the usual
+/// case: one container per connection) make one run, so the shared map is locked once
+/// per batch and touched once per run.
+fn count_tenants(encoder: &Encoder, batch: &Batch, tenants: &TenantCounts) {
+    let mut runs: Vec<(&[u8], u64)> = Vec::new();
+    for ev in &batch.events {
+        let tenant = encoder.tenant_of(batch, ev);
+        match runs.last_mut() {
+            Some((t, n)) if *t == tenant => *n += 1,
+            _ => runs.push((tenant, 1)),
+        }
+    }
+    tenants.add_runs(runs);
 }
 
 /// Frames straight onto the PUB socket. A PUB socket never blocks: at the high-water

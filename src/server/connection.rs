@@ -85,6 +85,10 @@ pub async fn serve<S>(
         .counters
         .connections_accepted
         .fetch_add(1, Ordering::Relaxed);
+    shared
+        .counters
+        .connections_active
+        .fetch_add(1, Ordering::Relaxed);
     tracing::debug!(peer = %peer, "connection accepted");
     let mut conn = Connection {
         stream,
@@ -105,6 +109,7 @@ pub async fn serve<S>(
         }
         Err(e) => tracing::info!(peer = %peer, reason = %e, "connection ended"),
     }
+    Counters::decrease(&conn.shared.counters.connections_active, 1);
 }
 
 struct Connection<S> {

@@ -3,21 +3,24 @@
 
 pub mod connection;
 mod heartbeat;
+mod http;
 mod listener;
 
 use crate::batch::BatchLimits;
 use crate::config::Config;
 use crate::dedup::Dedup;
 use crate::forward::Limits;
-use crate::metrics::Counters;
+use crate::metrics::{Counters, TenantCounts};
 use crate::publish::{PublishError, Publisher};
 use crate::route::Router;
 use connection::Shared;
 use listener::Listeners;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -54,8 +57,36 @@ pub async fn run(
     let timeout = Duration::from_millis(config.shutdown.timeout_ms);
     let router = Router::new(&config.route)?;
     let listeners = Listeners::bind(&config).await?;
-    let (sender, publisher) =
-        Publisher::start(&config.output, &config.route, timeout, counters.clone())?;
+    let tenants = Arc::new(TenantCounts::new(config.metrics.max_tenants));
+    let (sender, publisher) = Publisher::start(
+        &config.output,
+        &config.route,
+        timeout,
+        counters.clone(),
+        tenants.clone(),
+    )?;
+    let status = Arc::new(http::Status {
+        counters: counters.clone(),
+        tenants,
+        listening: AtomicBool::new(false),
+        needs_peer: config.output.zmq_bind.is_empty(),
+    });
+    let metrics_listener = match config.metrics.listen.as_str() {
+        "" => None,
+        addr => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Listen {
+                    addr: addr.to_owned(),
+                    source,
+                })?,
+        ),
+    };
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let shared = Arc::new(Shared {
         router,
         limits: Limits {
@@ -77,6 +108,7 @@ pub async fn run(
         udp = %listeners.udp_addrs().join(","),
         zmq_bind = %publisher.bound.join(","),
         zmq_connect = %publisher.connected.join(","),
+        metrics = %metrics_addr,
         format = config.output.format.name(),
         "fwdgate ready"
     );
@@ -84,7 +116,11 @@ pub async fn run(
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let accepting = listeners.spawn(&tracker, shared.clone(), cancel.clone());
+    status.listening.store(true, Ordering::Relaxed);
+    let http_task =
+        metrics_listener.map(|l| tokio::spawn(http::serve(l, status.clone(), cancel.clone())));
     shutdown.await;
+    status.listening.store(false, Ordering::Relaxed);
     tracing::info!("shutting down: no new connections, finishing requests already read");
     cancel.cancel();
     tracker.close();
@@ -100,6 +136,9 @@ pub async fn run(
     let joined = tokio::task::spawn_blocking(move || publisher.join());
     if tokio::time::timeout(timeout, joined).await.is_err() {
         tracing::warn!("publisher still sending at the shutdown deadline");
+    }
+    if let Some(task) = http_task {
+        let _ = task.await;
     }
     tracing::info!(counters = %counters.summary(), "fwdgate stopped");
     Ok(counters)
