@@ -151,6 +151,34 @@ impl Format {
     }
 }
 
+/// What the publisher does when a subscriber reads slower than the gateway publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowSubscriber {
+    /// Past `send_hwm` messages queued for it, that subscriber misses messages (libzmq
+    /// drops them for it alone; the others are unaffected).
+    #[default]
+    Drop,
+    /// Wait for it (ZMQ_XPUB_NODROP): publishing slows to its pace, the queue fills, and
+    /// clients are held back by TCP flow control. Nothing is lost, but one stuck
+    /// subscriber holds every tenant back.
+    Block,
+}
+
+/// What a connection does when the publisher queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Wait for room: the connection stops reading, its request is acked only once
+    /// queued, and TCP flow control holds the client back.
+    #[default]
+    Block,
+    /// Drop the new request (counted, and acked, so the client does not resend it).
+    DropNewest,
+    /// Drop the oldest queued requests (counted) to make room for the new one.
+    DropOldest,
+}
+
 /// The ZeroMQ publisher.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -177,6 +205,16 @@ pub struct OutputConfig {
     /// Bytes of requests (decompressed) that may wait for the publisher; the other
     /// bound of the same queue. Default 64 MiB.
     pub queue_bytes: usize,
+    /// What happens when the queue is full: `"block"` (default), `"drop_newest"` or
+    /// `"drop_oldest"`.
+    pub when_full: WhenFull,
+    /// While nobody is subscribed (no subscriber connected to a bound endpoint, no
+    /// collector up at a connect endpoint), hold publications in the queue, in order,
+    /// and send them once a subscription arrives, instead of letting ZeroMQ discard
+    /// them. Default `true`.
+    pub hold_without_subscribers: bool,
+    /// `"drop"` (default) or `"block"`: see [`SlowSubscriber`].
+    pub slow_subscriber: SlowSubscriber,
 }
 
 impl Default for OutputConfig {
@@ -189,6 +227,9 @@ impl Default for OutputConfig {
             send_hwm: 100_000,
             queue_requests: 1024,
             queue_bytes: 64 << 20,
+            when_full: WhenFull::Block,
+            hold_without_subscribers: true,
+            slow_subscriber: SlowSubscriber::Drop,
         }
     }
 }
@@ -246,8 +287,9 @@ impl Default for MetricsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownConfig {
-    /// How long connections may take to finish the requests they have read, and the
-    /// publisher to send what it holds, before the process exits. Default 5000 ms.
+    /// How long connections may take to finish the requests they have read; then how
+    /// long the publisher may wait for a subscriber to take what it holds, and again
+    /// for its socket to flush. Default 5000 ms.
     pub timeout_ms: u64,
 }
 

@@ -29,6 +29,11 @@ pub struct Counters {
     pub events_discarded: AtomicU64,
     /// Events lost because ZeroMQ refused to send them.
     pub events_dropped: AtomicU64,
+    /// Requests and events dropped by the `drop_newest` / `drop_oldest` queue policies.
+    pub requests_dropped_queue_full: AtomicU64,
+    pub events_dropped_queue_full: AtomicU64,
+    /// Events still held for want of a subscriber when the gateway stopped.
+    pub events_dropped_no_subscriber: AtomicU64,
     pub acks_sent: AtomicU64,
     /// Gauge: requests and bytes waiting in the publisher queue.
     pub queue_requests: AtomicU64,
@@ -46,7 +51,7 @@ impl Counters {
     /// One line's worth of fields for the shutdown log.
     pub fn summary(&self) -> String {
         format!(
-            "connections={} rejected={} requests={} duplicates={} bytes={} events_published={} events_discarded={} events_invalid={} events_dropped={} signal_requests={} acks={} heartbeats={}",
+            "connections={} rejected={} requests={} duplicates={} bytes={} events_published={} events_discarded={} events_invalid={} events_dropped={} dropped_queue_full={} dropped_no_subscriber={} signal_requests={} acks={} heartbeats={}",
             get(&self.connections_accepted),
             get(&self.connections_rejected),
             get(&self.requests),
@@ -56,6 +61,8 @@ impl Counters {
             get(&self.events_discarded),
             get(&self.events_invalid),
             get(&self.events_dropped),
+            get(&self.events_dropped_queue_full),
+            get(&self.events_dropped_no_subscriber),
             get(&self.signal_requests),
             get(&self.acks_sent),
             get(&self.heartbeats),
@@ -219,10 +226,14 @@ pub fn render(c: &Counters, tenants: &TenantCounts) -> String {
          # TYPE fwdgate_events_dropped_total counter\n\
          fwdgate_events_dropped_total{{reason=\"invalid\"}} {}\n\
          fwdgate_events_dropped_total{{reason=\"zmq_send_failed\"}} {}\n\
-         fwdgate_events_dropped_total{{reason=\"null_output\"}} {}",
+         fwdgate_events_dropped_total{{reason=\"null_output\"}} {}\n\
+         fwdgate_events_dropped_total{{reason=\"queue_full\"}} {}\n\
+         fwdgate_events_dropped_total{{reason=\"no_subscriber\"}} {}",
         get(&c.events_invalid),
         get(&c.events_dropped),
         get(&c.events_discarded),
+        get(&c.events_dropped_queue_full),
+        get(&c.events_dropped_no_subscriber),
     );
     let _ = writeln!(
         out,

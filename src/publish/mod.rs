@@ -4,17 +4,21 @@
 pub mod format;
 pub mod json;
 mod monitor;
+mod queue;
+mod worker;
 
-use crate::config::{Format, OutputConfig, RouteConfig};
+pub use queue::{Pressure, Queue, QueueClosed};
+
+use crate::config::{OutputConfig, RouteConfig, SlowSubscriber};
 use crate::metrics::{Counters, TenantCounts};
 use crate::route::{Routed, Span};
 use bytes::Bytes;
-use format::{Encoder, Sink};
-use std::sync::atomic::Ordering;
+use format::Encoder;
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use worker::Worker;
 
 /// The events of one request, handed to the publisher in one piece.
 #[derive(Debug)]
@@ -28,48 +32,6 @@ pub struct Batch {
     pub events: Vec<Routed>,
     /// The queue's byte budget held by this batch, returned when it is published.
     pub permit: Option<OwnedSemaphorePermit>,
-}
-
-/// The publisher's bounded queue, bounded both in requests and in bytes: a full queue
-/// makes `send` wait, so connections stop reading and TCP flow control holds the
-/// clients back instead of memory growing.
-#[derive(Clone)]
-pub struct Queue {
-    sender: mpsc::Sender<Batch>,
-    bytes: Arc<Semaphore>,
-    max_bytes: usize,
-    counters: Arc<Counters>,
-}
-
-/// The publisher has stopped; the batch was not accepted.
-#[derive(Debug, Error)]
-#[error("publisher stopped")]
-pub struct QueueClosed;
-
-impl Queue {
-    /// Waits for room, then hands the batch over. Once this returns `Ok`, the
-    /// publisher owns the batch: this is the moment a request may be acked.
-    pub async fn send(&self, mut batch: Batch) -> Result<(), QueueClosed> {
-        // A batch larger than the whole budget takes all of it rather than never fitting.
-        let cost = batch.data.len().clamp(1, self.max_bytes);
-        let permit = self
-            .bytes
-            .clone()
-            .acquire_many_owned(u32::try_from(cost).unwrap_or(u32::MAX))
-            .await
-            .map_err(|_| QueueClosed)?;
-        batch.permit = Some(permit);
-        // Counted before the send: the publisher may take the batch (and count it out)
-        // before `send` returns here.
-        let c = &self.counters;
-        c.queue_requests.fetch_add(1, Ordering::Relaxed);
-        c.queue_bytes.fetch_add(cost as u64, Ordering::Relaxed);
-        self.sender.send(batch).await.map_err(|_| {
-            Counters::decrease(&c.queue_requests, 1);
-            Counters::decrease(&c.queue_bytes, cost as u64);
-            QueueClosed
-        })
-    }
 }
 
 #[derive(Debug, Error)]
@@ -111,7 +73,12 @@ impl Publisher {
         tenants: Arc<TenantCounts>,
     ) -> Result<(Queue, Publisher), PublishError> {
         let ctx = zmq::Context::new();
-        let socket = ctx.socket(zmq::PUB).map_err(PublishError::Socket)?;
+        // XPUB rather than PUB: the same publications, plus the subscription messages
+        // that tell whether anybody is subscribed.
+        let mut socket = ctx.socket(zmq::XPUB).map_err(PublishError::Socket)?;
+        if output.slow_subscriber == SlowSubscriber::Block {
+            set_xpub_nodrop(&mut socket)?;
+        }
         socket
             .set_sndhwm(output.send_hwm)
             .map_err(PublishError::Socket)?;
@@ -144,16 +111,32 @@ impl Publisher {
         }
         let (sender, rx) = mpsc::channel(output.queue_requests);
         let max_bytes = output.queue_bytes.min(u32::MAX as usize);
+        let pressure = Arc::new(Pressure::default());
+        let bytes = Arc::new(Semaphore::new(max_bytes));
         let queue = Queue {
             sender,
-            bytes: Arc::new(Semaphore::new(max_bytes)),
+            bytes: bytes.clone(),
             max_bytes,
+            when_full: output.when_full,
+            pressure: pressure.clone(),
             counters: counters.clone(),
         };
-        let encoder = Encoder::new(output, route);
+        let worker = Worker {
+            ctx,
+            socket,
+            rx,
+            encoder: Encoder::new(output, route),
+            counters,
+            tenants,
+            hold_without_subscribers: output.hold_without_subscribers,
+            slow_subscriber: output.slow_subscriber,
+            pressure,
+            bytes,
+            linger,
+        };
         let thread = std::thread::Builder::new()
             .name("fwdgate-publisher".into())
-            .spawn(move || run(ctx, socket, rx, encoder, counters, tenants))
+            .spawn(move || worker.run())
             .map_err(PublishError::Thread)?;
         Ok((
             queue,
@@ -173,75 +156,25 @@ impl Publisher {
     }
 }
 
-fn run(
-    ctx: zmq::Context,
-    socket: zmq::Socket,
-    mut rx: mpsc::Receiver<Batch>,
-    mut encoder: Encoder,
-    counters: Arc<Counters>,
-    tenants: Arc<TenantCounts>,
-) {
-    let mut sink = ZmqSink(&socket);
-    let sent = if encoder.format() == Format::Null {
-        &counters.events_discarded
-    } else {
-        &counters.events_published
+/// Sets ZMQ_XPUB_NODROP, which the `zmq` crate does not wrap: a subscriber at its
+/// high-water mark then makes sends fail with EAGAIN instead of missing messages.
+fn set_xpub_nodrop(socket: &mut zmq::Socket) -> Result<(), PublishError> {
+    let on: std::os::raw::c_int = 1;
+    // SAFETY: the socket pointer is valid for the lifetime of `socket`, and the option
+    // value is a C int read by libzmq during the call only.
+    let rc = unsafe {
+        zmq_sys::zmq_setsockopt(
+            socket.as_mut_ptr(),
+            zmq_sys::ZMQ_XPUB_NODROP as std::os::raw::c_int,
+            (&on as *const std::os::raw::c_int).cast(),
+            std::mem::size_of_val(&on),
+        )
     };
-    while let Some(batch) = rx.blocking_recv() {
-        Counters::decrease(&counters.queue_requests, 1);
-        let cost = batch.permit.as_ref().map_or(0, |p| p.num_permits() as u64);
-        Counters::decrease(&counters.queue_bytes, cost);
-        match encoder.encode_batch(&batch, &mut sink) {
-            Ok(n) => {
-                sent.fetch_add(n, Ordering::Relaxed);
-                count_tenants(&encoder, &batch, &tenants);
-            }
-            Err(e) => {
-                counters
-                    .events_dropped
-                    .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
-                tracing::error!(error = %e, events = batch.events.len(), "ZeroMQ send failed; batch dropped");
-            }
-        }
-    }
-    // Closing waits up to the linger time for queued messages to reach subscribers.
-    drop(socket);
-    drop(ctx);
-}
-
-/// Counts a published batch per tenant. Consecutive events of one tenant (the usual
-/// case: one container per connection) make one run, so the shared map is locked once
-/// per batch and touched once per run.
-fn count_tenants(encoder: &Encoder, batch: &Batch, tenants: &TenantCounts) {
-    let mut runs: Vec<(&[u8], u64)> = Vec::new();
-    for ev in &batch.events {
-        let tenant = encoder.tenant_of(batch, ev);
-        match runs.last_mut() {
-            Some((t, n)) if *t == tenant => *n += 1,
-            _ => runs.push((tenant, 1)),
-        }
-    }
-    tenants.add_runs(runs);
-}
-
-/// Frames straight onto the PUB socket. A PUB socket never blocks: at the high-water
-/// mark it drops, which is why `send_hwm` is raised well above libzmq's default.
-struct ZmqSink<'a>(&'a zmq::Socket);
-
-impl Sink for ZmqSink<'_> {
-    type Error = zmq::Error;
-
-    fn frame(&mut self, bytes: &[u8], more: bool) -> Result<(), zmq::Error> {
-        self.0.send(bytes, if more { zmq::SNDMORE } else { 0 })
-    }
-
-    fn last_frame_with(
-        &mut self,
-        len: usize,
-        fill: &mut dyn FnMut(&mut [u8]),
-    ) -> Result<(), zmq::Error> {
-        let mut msg = zmq::Message::with_size(len);
-        fill(&mut msg);
-        self.0.send(msg, 0)
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(PublishError::Socket(zmq::Error::from_raw(unsafe {
+            zmq_sys::zmq_errno()
+        })))
     }
 }

@@ -47,8 +47,9 @@ pub enum ServerError {
 }
 
 /// Runs a gateway until `shutdown` completes, then drains: stops accepting, lets
-/// connections finish the requests they have read, and waits for the publisher to send
-/// what it holds, all within `shutdown.timeout_ms`.
+/// connections finish the requests they have read (within `shutdown.timeout_ms`), and
+/// waits for the publisher to send what it holds (within twice that: it may wait that
+/// long for a subscriber, then as long again for the socket to flush).
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
@@ -133,8 +134,10 @@ pub async fn run(
     if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
         tracing::warn!("connections still busy at the shutdown deadline; closing them");
     }
+    // The publisher may use the timeout twice: waiting for a subscriber to take what it
+    // holds, then lingering while the socket flushes to the subscribers.
     let joined = tokio::task::spawn_blocking(move || publisher.join());
-    if tokio::time::timeout(timeout, joined).await.is_err() {
+    if tokio::time::timeout(2 * timeout, joined).await.is_err() {
         tracing::warn!("publisher still sending at the shutdown deadline");
     }
     if let Some(task) = http_task {

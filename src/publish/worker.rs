@@ -1,0 +1,300 @@
+//! The publisher thread: takes batches from the queue in order and sends them on the
+//! XPUB socket. It reads the socket's subscription messages to know whether anybody is
+//! subscribed, holds publications while nobody is, and applies the queue's drop policy
+//! while it is stalled.
+
+use super::format::{Encoder, Sink};
+use super::{Batch, Pressure};
+use crate::config::{Format, SlowSubscriber};
+use crate::metrics::{Counters, TenantCounts};
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Semaphore};
+
+/// How long one wait on the socket lasts before the worker looks at the queue again.
+const TICK_MS: i64 = 20;
+
+pub struct Worker {
+    pub ctx: zmq::Context,
+    pub socket: zmq::Socket,
+    pub rx: mpsc::Receiver<Batch>,
+    pub encoder: Encoder,
+    pub counters: Arc<Counters>,
+    pub tenants: Arc<TenantCounts>,
+    pub hold_without_subscribers: bool,
+    pub slow_subscriber: SlowSubscriber,
+    /// What connections waiting for room under `drop_oldest` need, and the queue's
+    /// byte budget, to tell whether the queue is really full.
+    pub pressure: Arc<Pressure>,
+    pub bytes: Arc<Semaphore>,
+    /// How long to wait for a subscriber once the queue has closed (shutdown).
+    pub linger: Duration,
+}
+
+/// Topics with at least one subscriber. XPUB (not verbose) reports a topic when its
+/// first subscriber arrives and its removal when the last one leaves or disconnects.
+#[derive(Default)]
+struct Subscriptions(HashSet<Vec<u8>>);
+
+impl Subscriptions {
+    /// Reads every pending subscription message without blocking.
+    fn update(&mut self, socket: &zmq::Socket) {
+        while let Ok(msg) = socket.recv_bytes(zmq::DONTWAIT) {
+            match msg.split_first() {
+                Some((1, topic)) => {
+                    self.0.insert(topic.to_vec());
+                }
+                Some((0, topic)) => {
+                    self.0.remove(topic);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn any(&self) -> bool {
+        !self.0.is_empty()
+    }
+}
+
+impl Worker {
+    pub fn run(mut self) {
+        let mut subs = Subscriptions::default();
+        let hold = self.hold_without_subscribers && self.encoder.format() != Format::Null;
+        let mut held: Option<Batch> = None;
+        loop {
+            let batch = match held.take() {
+                Some(b) => b,
+                None => match self.rx.blocking_recv() {
+                    Some(b) => b,
+                    None => break,
+                },
+            };
+            subs.update(&self.socket);
+            if hold && !subs.any() {
+                match self.wait_for_subscriber(&mut subs, batch) {
+                    Waited::Ready(b) => held = Some(b),
+                    // The held batch was dropped to make room; take the next one.
+                    Waited::DroppedOldest => {}
+                    Waited::GaveUp(b) => {
+                        self.give_up(b);
+                        break;
+                    }
+                }
+                continue;
+            }
+            self.publish(batch);
+        }
+        // Closing waits up to the linger time for queued messages to reach subscribers.
+        drop(self.socket);
+        drop(self.ctx);
+    }
+
+    /// Waits until something subscribes, dropping queued requests meanwhile if the
+    /// policy is `drop_oldest` and connections wait for room. After the queue has
+    /// closed (shutdown) it waits at most `linger`.
+    fn wait_for_subscriber(&mut self, subs: &mut Subscriptions, batch: Batch) -> Waited {
+        tracing::info!("nobody is subscribed: holding publications until a subscriber arrives");
+        let mut give_up_at = None;
+        loop {
+            if must_drop(&self.pressure, &self.rx, &self.bytes) {
+                // The held batch is the oldest of all.
+                self.drop_oldest(batch);
+                return Waited::DroppedOldest;
+            }
+            if self.socket.poll(zmq::POLLIN, TICK_MS).unwrap_or(0) > 0 {
+                subs.update(&self.socket);
+            }
+            if subs.any() {
+                tracing::info!("a subscriber arrived: publishing what was held");
+                return Waited::Ready(batch);
+            }
+            if self.rx.is_closed() {
+                let at = *give_up_at.get_or_insert_with(|| Instant::now() + self.linger);
+                if Instant::now() >= at {
+                    return Waited::GaveUp(batch);
+                }
+            }
+        }
+    }
+
+    /// Shutdown with nobody subscribed: what is still queued cannot be delivered.
+    fn give_up(&mut self, batch: Batch) {
+        let mut requests = 1;
+        let mut events = self.count_out(&batch);
+        while let Ok(b) = self.rx.try_recv() {
+            requests += 1;
+            events += self.count_out(&b);
+        }
+        self.counters
+            .events_dropped_no_subscriber
+            .fetch_add(events, Ordering::Relaxed);
+        tracing::warn!(
+            requests,
+            events,
+            "shutting down with nobody subscribed: held events dropped"
+        );
+    }
+
+    fn drop_oldest(&mut self, batch: Batch) {
+        drop_oldest(&self.counters, batch);
+        self.pressure.grant();
+    }
+
+    fn count_out(&self, batch: &Batch) -> u64 {
+        count_out(&self.counters, batch)
+    }
+
+    fn publish(&mut self, batch: Batch) {
+        self.count_out(&batch);
+        let sent = if self.encoder.format() == Format::Null {
+            &self.counters.events_discarded
+        } else {
+            &self.counters.events_published
+        };
+        let mut sink = ZmqSink {
+            socket: &self.socket,
+            block: self.slow_subscriber == SlowSubscriber::Block,
+            in_message: false,
+            rx: &mut self.rx,
+            pressure: &self.pressure,
+            bytes: &self.bytes,
+            counters: &self.counters,
+        };
+        match self.encoder.encode_batch(&batch, &mut sink) {
+            Ok(n) => {
+                sent.fetch_add(n, Ordering::Relaxed);
+                count_tenants(&self.encoder, &batch, &self.tenants);
+            }
+            Err(e) => {
+                self.counters
+                    .events_dropped
+                    .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
+                tracing::error!(error = %e, events = batch.events.len(), "ZeroMQ send failed; batch dropped");
+            }
+        }
+    }
+}
+
+/// Under `drop_oldest`, true while a connection waits and the queue is really full:
+/// no free slot, or fewer free bytes than the waiting request needs. Dropping a batch
+/// returns its bytes at once, so this turns false as soon as there is room: no more is
+/// dropped than needed.
+fn must_drop(pressure: &Pressure, rx: &mpsc::Receiver<Batch>, bytes: &Semaphore) -> bool {
+    pressure.wants_drop()
+        && (rx.capacity() == 0
+            || (bytes.available_permits() as u64) < pressure.needed_bytes.load(Ordering::SeqCst))
+}
+
+/// Takes a batch out of the queue gauges; returns its event count.
+fn count_out(counters: &Counters, batch: &Batch) -> u64 {
+    Counters::decrease(&counters.queue_requests, 1);
+    let cost = batch.permit.as_ref().map_or(0, |p| p.num_permits() as u64);
+    Counters::decrease(&counters.queue_bytes, cost);
+    batch.events.len() as u64
+}
+
+/// Drops a queued batch under `when_full = drop_oldest`, counted (its permit returns
+/// to the queue as it is dropped).
+fn drop_oldest(counters: &Counters, batch: Batch) {
+    let n = count_out(counters, &batch);
+    let before = counters
+        .requests_dropped_queue_full
+        .fetch_add(1, Ordering::Relaxed);
+    counters
+        .events_dropped_queue_full
+        .fetch_add(n, Ordering::Relaxed);
+    if before % 1000 == 0 {
+        tracing::warn!(
+            dropped_requests = before + 1,
+            "publisher queue full: dropping the oldest requests (when_full = drop_oldest)"
+        );
+    }
+}
+
+enum Waited {
+    Ready(Batch),
+    DroppedOldest,
+    GaveUp(Batch),
+}
+
+/// Counts a published batch per tenant. Consecutive events of one tenant (the usual
+/// case: one container per connection) make one run, so the shared map is locked once
+/// per batch and touched once per run.
+fn count_tenants(encoder: &Encoder, batch: &Batch, tenants: &TenantCounts) {
+    let mut runs: Vec<(&[u8], u64)> = Vec::new();
+    for ev in &batch.events {
+        let tenant = encoder.tenant_of(batch, ev);
+        match runs.last_mut() {
+            Some((t, n)) if *t == tenant => *n += 1,
+            _ => runs.push((tenant, 1)),
+        }
+    }
+    tenants.add_runs(runs);
+}
+
+/// Frames straight onto the socket. Without `block`, a subscriber past its high-water
+/// mark misses the message (libzmq drops it for that subscriber alone). With `block`
+/// (ZMQ_XPUB_NODROP), a full subscriber makes the first frame of a message fail with
+/// EAGAIN; the sink waits for room and sends it again. (libzmq checks the high-water
+/// mark per frame, but counts only whole messages, so once the first frame of a
+/// message is in, the rest go in too.)
+struct ZmqSink<'a> {
+    socket: &'a zmq::Socket,
+    block: bool,
+    /// True between the first and the last frame of a message.
+    in_message: bool,
+    rx: &'a mut mpsc::Receiver<Batch>,
+    pressure: &'a Pressure,
+    bytes: &'a Semaphore,
+    counters: &'a Counters,
+}
+
+impl ZmqSink<'_> {
+    /// Waits for the socket to take a message; meanwhile, under `drop_oldest`, drops
+    /// queued requests while connections wait for room.
+    fn wait_for_room(&mut self) {
+        let _ = self.socket.poll(zmq::POLLOUT, TICK_MS);
+        while must_drop(self.pressure, self.rx, self.bytes) {
+            let Ok(oldest) = self.rx.try_recv() else {
+                break;
+            };
+            drop_oldest(self.counters, oldest);
+            self.pressure.grant();
+        }
+    }
+}
+
+impl Sink for ZmqSink<'_> {
+    type Error = zmq::Error;
+
+    fn frame(&mut self, bytes: &[u8], more: bool) -> Result<(), zmq::Error> {
+        let flags = if more { zmq::SNDMORE } else { 0 };
+        if !self.block || self.in_message {
+            self.in_message = more;
+            return self.socket.send(bytes, flags);
+        }
+        loop {
+            match self.socket.send(bytes, flags | zmq::DONTWAIT) {
+                Err(zmq::Error::EAGAIN) => self.wait_for_room(),
+                other => {
+                    self.in_message = more && other.is_ok();
+                    return other;
+                }
+            }
+        }
+    }
+
+    fn last_frame_with(
+        &mut self,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [u8]),
+    ) -> Result<(), zmq::Error> {
+        let mut msg = zmq::Message::with_size(len);
+        fill(&mut msg);
+        self.in_message = false;
+        self.socket.send(msg, 0)
+    }
+}
