@@ -133,6 +133,7 @@ impl Publisher {
             pressure,
             bytes,
             linger,
+            holding: false,
         };
         let thread = std::thread::Builder::new()
             .name("fwdgate-publisher".into())

@@ -31,6 +31,8 @@ pub struct Worker {
     pub bytes: Arc<Semaphore>,
     /// How long to wait for a subscriber once the queue has closed (shutdown).
     pub linger: Duration,
+    /// True while publications are held for want of a subscriber (logged once).
+    pub holding: bool,
 }
 
 /// Topics with at least one subscriber. XPUB (not verbose) reports a topic when its
@@ -96,7 +98,10 @@ impl Worker {
     /// policy is `drop_oldest` and connections wait for room. After the queue has
     /// closed (shutdown) it waits at most `linger`.
     fn wait_for_subscriber(&mut self, subs: &mut Subscriptions, batch: Batch) -> Waited {
-        tracing::info!("nobody is subscribed: holding publications until a subscriber arrives");
+        if !self.holding {
+            self.holding = true;
+            tracing::info!("nobody is subscribed: holding publications until a subscriber arrives");
+        }
         let mut give_up_at = None;
         loop {
             if must_drop(&self.pressure, &self.rx, &self.bytes) {
@@ -108,6 +113,7 @@ impl Worker {
                 subs.update(&self.socket);
             }
             if subs.any() {
+                self.holding = false;
                 tracing::info!("a subscriber arrived: publishing what was held");
                 return Waited::Ready(batch);
             }
