@@ -82,6 +82,14 @@ impl Publisher {
         socket
             .set_sndhwm(output.send_hwm)
             .map_err(PublishError::Socket)?;
+        // Connect endpoints are re-dialled by libzmq in the background, backing off
+        // from 100 ms to 5 s while the peer stays away.
+        socket
+            .set_reconnect_ivl(100)
+            .map_err(PublishError::Socket)?;
+        socket
+            .set_reconnect_ivl_max(5000)
+            .map_err(PublishError::Socket)?;
         socket
             .set_linger(i32::try_from(linger.as_millis()).unwrap_or(i32::MAX))
             .map_err(PublishError::Socket)?;
