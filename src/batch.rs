@@ -92,6 +92,7 @@ pub fn build_batch(
         peer: peer.clone(),
         events,
         permit: None,
+        spooled: None,
     };
     Ok((Some(batch), invalid))
 }

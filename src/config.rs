@@ -37,6 +37,7 @@ pub struct Config {
     pub output: OutputConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub spool: SpoolConfig,
     pub shutdown: ShutdownConfig,
 }
 
@@ -279,6 +280,48 @@ impl Default for MetricsConfig {
         MetricsConfig {
             listen: String::new(),
             max_tenants: 1000,
+        }
+    }
+}
+
+/// When the spool syncs its writes to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Fsync {
+    /// Before every ack (one sync covers all requests written together).
+    #[default]
+    Always,
+    /// At most every `fsync_interval_ms`: a machine crash may lose that much.
+    Interval,
+    /// Leave it to the operating system: survives a crash of the gateway, not of the
+    /// machine.
+    Never,
+}
+
+/// The optional disk spool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Directory of the spool segments. Empty (the default): no spool. With a spool,
+    /// each accepted request is written here before it is acked, and what was not yet
+    /// published when the gateway stopped or crashed is published on the next start.
+    pub dir: String,
+    /// `"always"` (default), `"interval"` or `"never"`.
+    pub fsync: Fsync,
+    /// The interval for `fsync = "interval"`. Default 1000 ms.
+    pub fsync_interval_ms: u64,
+    /// Size at which a new segment file is started; a segment is deleted once all of
+    /// its requests are published. Default 64 MiB.
+    pub segment_bytes: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            dir: String::new(),
+            fsync: Fsync::Always,
+            fsync_interval_ms: 1000,
+            segment_bytes: 64 << 20,
         }
     }
 }

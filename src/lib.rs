@@ -13,4 +13,5 @@ pub mod metrics;
 pub mod publish;
 pub mod route;
 pub mod server;
+pub mod spool;
 pub mod tail;

@@ -240,6 +240,7 @@ mod tests {
                 record,
             }],
             permit: None,
+            spooled: None,
         }
     }
 

@@ -32,6 +32,8 @@ pub struct Batch {
     pub events: Vec<Routed>,
     /// The queue's byte budget held by this batch, returned when it is published.
     pub permit: Option<OwnedSemaphorePermit>,
+    /// The request's record in the disk spool, marked done once published.
+    pub spooled: Option<crate::spool::Ticket>,
 }
 
 #[derive(Debug, Error)]
@@ -142,6 +144,7 @@ impl Publisher {
             bytes,
             linger,
             holding: false,
+            published: Default::default(),
         };
         let thread = std::thread::Builder::new()
             .name("fwdgate-publisher".into())

@@ -113,7 +113,7 @@ impl Queue {
                     Ok(p) => batch.permit = Some(p),
                     Err(tokio::sync::TryAcquireError::Closed) => return Err(QueueClosed),
                     Err(tokio::sync::TryAcquireError::NoPermits) => {
-                        self.drop_full(&batch);
+                        self.drop_full(batch);
                         return Ok(());
                     }
                 }
@@ -122,7 +122,7 @@ impl Queue {
                     Ok(()) => Ok(()),
                     Err(mpsc::error::TrySendError::Full(batch)) => {
                         self.count_out(cost);
-                        self.drop_full(&batch);
+                        self.drop_full(batch);
                         Ok(())
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -164,8 +164,11 @@ impl Queue {
         Counters::decrease(&self.counters.queue_bytes, cost as u64);
     }
 
-    fn drop_full(&self, batch: &Batch) {
+    fn drop_full(&self, mut batch: Batch) {
         let n = batch.events.len() as u64;
+        if let Some(ticket) = batch.spooled.take() {
+            ticket.done();
+        }
         let before = self
             .counters
             .requests_dropped_queue_full

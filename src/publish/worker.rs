@@ -7,7 +7,8 @@ use super::format::{Encoder, Sink};
 use super::{Batch, Pressure};
 use crate::config::{Format, SlowSubscriber};
 use crate::metrics::{Counters, TenantCounts};
-use std::collections::HashSet;
+use crate::spool::Ticket;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,7 +34,12 @@ pub struct Worker {
     pub linger: Duration,
     /// True while publications are held for want of a subscriber (logged once).
     pub holding: bool,
+    /// Spool tickets of published requests, released after [`SPOOL_GRACE`].
+    pub published: VecDeque<(Instant, Ticket)>,
 }
+
+/// How long a published request stays in the spool: time for libzmq to write it out.
+const SPOOL_GRACE: Duration = Duration::from_secs(1);
 
 /// Topics with at least one subscriber. XPUB (not verbose) reports a topic when its
 /// first subscriber arrives and its removal when the last one leaves or disconnects.
@@ -67,6 +73,7 @@ impl Worker {
         let hold = self.hold_without_subscribers && self.encoder.format() != Format::Null;
         let mut held: Option<Batch> = None;
         loop {
+            self.release_published();
             let batch = match held.take() {
                 Some(b) => b,
                 None => match self.rx.blocking_recv() {
@@ -89,9 +96,28 @@ impl Worker {
             }
             self.publish(batch);
         }
-        // Closing waits up to the linger time for queued messages to reach subscribers.
+        // Closing waits up to the linger time for queued messages to reach subscribers;
+        // after that, what was published needs no replay.
+        let published = std::mem::take(&mut self.published);
         drop(self.socket);
         drop(self.ctx);
+        for (_, ticket) in published {
+            ticket.done();
+        }
+    }
+
+    /// Marks spooled requests done once they have been out of the gateway's hands for
+    /// a while: `zmq_send` returning means libzmq holds the message, not that it is on
+    /// the wire yet, so a crash right after would lose it.
+    fn release_published(&mut self) {
+        while let Some((at, _)) = self.published.front() {
+            if at.elapsed() < SPOOL_GRACE {
+                break;
+            }
+            if let Some((_, ticket)) = self.published.pop_front() {
+                ticket.done();
+            }
+        }
     }
 
     /// Waits until something subscribes, dropping queued requests meanwhile if the
@@ -127,21 +153,31 @@ impl Worker {
     }
 
     /// Shutdown with nobody subscribed: what is still queued cannot be delivered.
+    /// Spooled requests stay in the spool for the next start; the others are lost.
     fn give_up(&mut self, batch: Batch) {
-        let mut requests = 1;
-        let mut events = self.count_out(&batch);
-        while let Ok(b) = self.rx.try_recv() {
-            requests += 1;
-            events += self.count_out(&b);
+        let (mut dropped, mut kept) = (0, 0);
+        let mut held = Some(batch);
+        while let Some(b) = held.take().or_else(|| self.rx.try_recv().ok()) {
+            let n = self.count_out(&b);
+            // A ticket dropped without `done` keeps its record.
+            if b.spooled.is_some() {
+                kept += n;
+            } else {
+                dropped += n;
+            }
         }
         self.counters
             .events_dropped_no_subscriber
-            .fetch_add(events, Ordering::Relaxed);
-        tracing::warn!(
-            requests,
-            events,
-            "shutting down with nobody subscribed: held events dropped"
-        );
+            .fetch_add(dropped, Ordering::Relaxed);
+        if kept > 0 {
+            tracing::warn!(events = kept, "shutting down with nobody subscribed: held events stay in the spool for the next start");
+        }
+        if dropped > 0 {
+            tracing::warn!(
+                events = dropped,
+                "shutting down with nobody subscribed: held events dropped"
+            );
+        }
     }
 
     fn drop_oldest(&mut self, batch: Batch) {
@@ -153,7 +189,7 @@ impl Worker {
         count_out(&self.counters, batch)
     }
 
-    fn publish(&mut self, batch: Batch) {
+    fn publish(&mut self, mut batch: Batch) {
         self.count_out(&batch);
         let sent = if self.encoder.format() == Format::Null {
             &self.counters.events_discarded
@@ -181,6 +217,9 @@ impl Worker {
                 tracing::error!(error = %e, events = batch.events.len(), "ZeroMQ send failed; batch dropped");
             }
         }
+        if let Some(ticket) = batch.spooled.take() {
+            self.published.push_back((Instant::now(), ticket));
+        }
     }
 }
 
@@ -204,8 +243,11 @@ fn count_out(counters: &Counters, batch: &Batch) -> u64 {
 
 /// Drops a queued batch under `when_full = drop_oldest`, counted (its permit returns
 /// to the queue as it is dropped).
-fn drop_oldest(counters: &Counters, batch: Batch) {
+fn drop_oldest(counters: &Counters, mut batch: Batch) {
     let n = count_out(counters, &batch);
+    if let Some(ticket) = batch.spooled.take() {
+        ticket.done();
+    }
     let before = counters
         .requests_dropped_queue_full
         .fetch_add(1, Ordering::Relaxed);

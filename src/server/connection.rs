@@ -12,6 +12,7 @@ use crate::metrics::Counters;
 use crate::publish::json::write_value;
 use crate::publish::Queue;
 use crate::route::Router;
+use crate::spool::{Spool, SpoolError};
 use bytes::{Buf, Bytes, BytesMut};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -30,6 +31,8 @@ pub struct Shared {
     pub counters: Arc<Counters>,
     /// Chunk ids accepted recently, to ack resends without publishing them twice.
     pub dedup: Option<Dedup>,
+    /// The disk spool, when configured.
+    pub spool: Option<Arc<Spool>>,
 }
 
 /// Why a connection was closed by the gateway.
@@ -47,6 +50,8 @@ pub enum ConnectionError {
     Truncated(usize),
     #[error("publisher stopped; request not acknowledged")]
     PublisherClosed,
+    #[error("request not acknowledged: {0}")]
+    Spool(#[from] SpoolError),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -57,7 +62,7 @@ impl ConnectionError {
     pub fn is_bad_input(&self) -> bool {
         !matches!(
             self,
-            ConnectionError::Io(_) | ConnectionError::PublisherClosed
+            ConnectionError::Io(_) | ConnectionError::PublisherClosed | ConnectionError::Spool(_)
         )
     }
 }
@@ -221,7 +226,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             counters.signal_requests.fetch_add(1, Ordering::Relaxed);
         } else {
             let (batch, invalid) = build_batch(
-                frame,
+                frame.clone(),
                 &request,
                 &shared.router,
                 shared.batch_limits,
@@ -233,7 +238,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     .fetch_add(invalid.count, Ordering::Relaxed);
                 tracing::warn!(peer = %self.peer, skipped = invalid.count, reason = %first, "skipped invalid events");
             }
-            if let Some(batch) = batch {
+            if let Some(mut batch) = batch {
+                if let Some(spool) = &shared.spool {
+                    // On disk before the ack: a crash from here on loses nothing acked.
+                    batch.spooled = Some(spool.append(&self.peer, frame).await?);
+                }
                 shared
                     .publisher
                     .send(batch)

@@ -13,6 +13,7 @@ use crate::forward::Limits;
 use crate::metrics::{Counters, TenantCounts};
 use crate::publish::{PublishError, Publisher};
 use crate::route::Router;
+use crate::spool::{Replayed, Spool};
 use connection::Shared;
 use listener::Listeners;
 use std::future::Future;
@@ -42,6 +43,8 @@ pub enum ServerError {
     Publish(#[from] PublishError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolError),
     #[error("invalid route.tag_regex: {0}")]
     Regex(#[from] regex::Error),
 }
@@ -57,6 +60,13 @@ pub async fn run(
     let counters = Arc::new(Counters::default());
     let timeout = Duration::from_millis(config.shutdown.timeout_ms);
     let router = Router::new(&config.route)?;
+    let (spool, replayed) = match config.spool.dir.as_str() {
+        "" => (None, Vec::new()),
+        _ => {
+            let (spool, replayed) = Spool::open(&config.spool)?;
+            (Some(Arc::new(spool)), replayed)
+        }
+    };
     let listeners = Listeners::bind(&config).await?;
     let tenants = Arc::new(TenantCounts::new(config.metrics.max_tenants));
     let (sender, publisher) = Publisher::start(
@@ -101,6 +111,7 @@ pub async fn run(
         publisher: sender,
         counters: counters.clone(),
         dedup: Dedup::new(config.input.dedup_window, config.input.dedup_clients),
+        spool: spool.clone(),
     });
 
     tracing::info!(
@@ -116,6 +127,20 @@ pub async fn run(
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
+    if !replayed.is_empty() {
+        tracing::info!(
+            requests = replayed.len(),
+            "publishing requests left in the spool by an earlier run"
+        );
+        let (shared, cancel) = (shared.clone(), cancel.clone());
+        tracker.spawn(async move {
+            tokio::select! {
+                _ = replay(replayed, &shared) => {}
+                // What is not replayed yet stays in the spool.
+                _ = cancel.cancelled() => {}
+            }
+        });
+    }
     let accepting = listeners.spawn(&tracker, shared.clone(), cancel.clone());
     status.listening.store(true, Ordering::Relaxed);
     let http_task =
@@ -134,6 +159,9 @@ pub async fn run(
     if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
         tracing::warn!("connections still busy at the shutdown deadline; closing them");
     }
+    if let Some(spool) = &spool {
+        spool.close();
+    }
     // The publisher may use the timeout twice: waiting for a subscriber to take what it
     // holds, then lingering while the socket flushes to the subscribers.
     let joined = tokio::task::spawn_blocking(move || publisher.join());
@@ -145,4 +173,39 @@ pub async fn run(
     }
     tracing::info!(counters = %counters.summary(), "fwdgate stopped");
     Ok(counters)
+}
+
+/// Hands requests read back from the spool to the publisher, in their spooled order.
+/// Each keeps its spool ticket, so it leaves the spool only once published.
+async fn replay(replayed: Vec<Replayed>, shared: &Shared) {
+    for r in replayed {
+        let request = match crate::forward::decode_request(&r.frame) {
+            Ok(request) => request,
+            Err(e) => {
+                tracing::warn!(peer = %r.peer, reason = %e, "spooled request cannot be decoded; discarded");
+                r.ticket.done();
+                continue;
+            }
+        };
+        let built = crate::batch::build_batch(
+            r.frame.clone(),
+            &request,
+            &shared.router,
+            shared.batch_limits,
+            &r.peer,
+        );
+        match built {
+            Ok((Some(mut batch), _)) => {
+                batch.spooled = Some(r.ticket);
+                if shared.publisher.send(batch).await.is_err() {
+                    return;
+                }
+            }
+            Ok((None, _)) => r.ticket.done(),
+            Err(e) => {
+                tracing::warn!(peer = %r.peer, reason = %e, "spooled request cannot be expanded; discarded");
+                r.ticket.done();
+            }
+        }
+    }
 }
