@@ -112,6 +112,9 @@ pub struct GatewayArgs {
     /// Format of the gateway's own log.
     #[arg(long, env = "FWDGATE_LOG_FORMAT", global = true, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// File for the gateway's own log (reopened on SIGHUP); default standard error.
+    #[arg(long, env = "FWDGATE_LOG_FILE", global = true, value_name = "FILE")]
+    pub log_file: Option<String>,
     /// Log level or tracing filter.
     #[arg(long, env = "FWDGATE_LOG_LEVEL", global = true, value_name = "LEVEL")]
     pub log_level: Option<String>,
@@ -167,6 +170,9 @@ impl GatewayArgs {
         }
         if let Some(v) = self.log_format {
             c.log.format = v;
+        }
+        if let Some(v) = &self.log_file {
+            c.log.file.clone_from(v);
         }
         if let Some(v) = &self.log_level {
             c.log.level.clone_from(v);

@@ -252,6 +252,9 @@ pub struct LogConfig {
     /// `error`, `warn`, `info` (default), `debug` or `trace`; also accepts a
     /// tracing filter such as `fwdgate=debug`.
     pub level: String,
+    /// File to append the log to, reopened on SIGHUP (for logrotate). Empty (the
+    /// default): standard error.
+    pub file: String,
 }
 
 impl Default for LogConfig {
@@ -259,6 +262,7 @@ impl Default for LogConfig {
         LogConfig {
             format: LogFormat::Text,
             level: "info".into(),
+            file: String::new(),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod dedup;
 pub mod forward;
+pub mod logfile;
 pub mod metrics;
 pub mod publish;
 pub mod route;

@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use fwdgate::cli::{Cli, Command};
 use fwdgate::config::{Config, LogFormat};
+use fwdgate::logfile::LogFile;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -36,28 +37,59 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run => {
             let config = cli.gateway.load()?;
-            init_logging(&config)?;
+            let log_file = init_logging(&config)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("fwdgate-io")
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(fwdgate::server::run(config, shutdown_signal()))?;
-            Ok(())
+            runtime.block_on(async move {
+                reopen_on_sighup(log_file)?;
+                fwdgate::server::run(config, shutdown_signal()).await?;
+                Ok(())
+            })
         }
     }
 }
 
-fn init_logging(config: &Config) -> anyhow::Result<()> {
+/// Installs the log subscriber; returns the log file when logging to one.
+fn init_logging(config: &Config) -> anyhow::Result<Option<LogFile>> {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .with_context(|| format!("invalid log level {:?}", config.log.level))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if config.log.file.is_empty() {
+        let builder = builder.with_writer(std::io::stderr);
+        match config.log.format {
+            LogFormat::Text => builder.init(),
+            LogFormat::Json => builder.json().init(),
+        }
+        return Ok(None);
+    }
+    let file = LogFile::open(config.log.file.as_ref())
+        .with_context(|| format!("cannot open log file {}", config.log.file))?;
+    let builder = builder.with_writer(file.clone()).with_ansi(false);
     match config.log.format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    Ok(Some(file))
+}
+
+/// SIGHUP reopens the log file (and no longer ends the process, its default action).
+fn reopen_on_sighup(log_file: Option<LogFile>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match &log_file {
+                Some(file) => match file.reopen() {
+                    Ok(()) => tracing::info!("SIGHUP: log file reopened"),
+                    Err(e) => eprintln!("fwdgate: cannot reopen the log file: {e}"),
+                },
+                None => tracing::info!("SIGHUP: logging to standard error, nothing to reopen"),
+            }
+        }
+    });
     Ok(())
 }
 

@@ -154,3 +154,42 @@ def test_explicit_run_subcommand(start_gateway, subscribe):
     with gw.connect() as c:
         c.send(message("run", T0, fwd.rec("via run")))
     assert sub.recv_n(1) == [[b"default", b"default", b"run: via run"]]
+
+
+def test_log_file_reopened_on_sighup(tmp_path):
+    """--log-file writes the log to a file; SIGHUP reopens it (logrotate renames it)."""
+    import signal as sig
+    import subprocess
+    import time
+
+    from conftest import FWDGATE_BIN, clean_env
+
+    log = tmp_path / "gw.log"
+    proc = subprocess.Popen(
+        [FWDGATE_BIN, "--listen", "127.0.0.1:0", "--zmq-bind", "tcp://127.0.0.1:*",
+         "--log-format", "json", "--log-file", str(log)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=clean_env())
+
+    def wait_text(path, text, timeout=10):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if path.exists() and text in path.read_text():
+                return True
+            time.sleep(0.05)
+        return False
+
+    try:
+        assert wait_text(log, "fwdgate ready"), "no ready line in the log file"
+        log.rename(tmp_path / "gw.log.1")
+        proc.send_signal(sig.SIGHUP)
+        assert wait_text(log, "log file reopened"), "SIGHUP did not reopen the log file"
+        assert proc.poll() is None, "SIGHUP ended the process"
+        proc.send_signal(sig.SIGTERM)
+        assert proc.wait(10) == 0
+        assert "fwdgate stopped" in log.read_text()
+        assert "fwdgate stopped" not in (tmp_path / "gw.log.1").read_text()
+        assert proc.stderr.read() == b"", "the log went to stderr too"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
