@@ -92,7 +92,7 @@ pub fn build_batch(
         peer: peer.clone(),
         events,
         permit: None,
-        spooled: None,
+        spooled: Vec::new(),
     };
     Ok((Some(batch), invalid))
 }

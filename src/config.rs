@@ -72,6 +72,16 @@ pub struct InputConfig {
     /// Clients whose chunk ids are remembered; the least recently active is forgotten
     /// first. Default 4096.
     pub dedup_clients: usize,
+    /// Join the pieces Docker splits lines longer than 16 KiB into (`partial_message`,
+    /// `partial_id`, `partial_ordinal`, `partial_last`) back into one line before
+    /// publishing. Default `false`: pieces are published as they come.
+    pub join_partial: bool,
+    /// Largest joined line; past it, what was joined so far is published (marked
+    /// `partial_message: "true"`). Default 1 MiB.
+    pub partial_max_bytes: usize,
+    /// How long to wait for the next piece before publishing what was joined
+    /// (marked `partial_message: "true"`). Default 5000 ms.
+    pub partial_timeout_ms: u64,
 }
 
 impl Default for InputConfig {
@@ -86,6 +96,9 @@ impl Default for InputConfig {
             max_depth: 128,
             dedup_window: 1024,
             dedup_clients: 4096,
+            join_partial: false,
+            partial_max_bytes: 1 << 20,
+            partial_timeout_ms: 5000,
         }
     }
 }

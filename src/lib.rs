@@ -11,6 +11,7 @@ pub mod dedup;
 pub mod forward;
 pub mod logfile;
 pub mod metrics;
+pub mod partial;
 pub mod publish;
 pub mod route;
 pub mod server;

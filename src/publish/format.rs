@@ -240,7 +240,7 @@ mod tests {
                 record,
             }],
             permit: None,
-            spooled: None,
+            spooled: Vec::new(),
         }
     }
 

@@ -32,8 +32,9 @@ pub struct Batch {
     pub events: Vec<Routed>,
     /// The queue's byte budget held by this batch, returned when it is published.
     pub permit: Option<OwnedSemaphorePermit>,
-    /// The request's record in the disk spool, marked done once published.
-    pub spooled: Option<crate::spool::Ticket>,
+    /// The records of the batch's request(s) in the disk spool, marked done once
+    /// published (several when Docker's split lines were joined).
+    pub spooled: Vec<crate::spool::Ticket>,
 }
 
 #[derive(Debug, Error)]

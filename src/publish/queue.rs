@@ -166,7 +166,7 @@ impl Queue {
 
     fn drop_full(&self, mut batch: Batch) {
         let n = batch.events.len() as u64;
-        if let Some(ticket) = batch.spooled.take() {
+        for ticket in batch.spooled.drain(..) {
             ticket.done();
         }
         let before = self

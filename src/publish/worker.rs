@@ -160,7 +160,7 @@ impl Worker {
         while let Some(b) = held.take().or_else(|| self.rx.try_recv().ok()) {
             let n = self.count_out(&b);
             // A ticket dropped without `done` keeps its record.
-            if b.spooled.is_some() {
+            if !b.spooled.is_empty() {
                 kept += n;
             } else {
                 dropped += n;
@@ -217,8 +217,9 @@ impl Worker {
                 tracing::error!(error = %e, events = batch.events.len(), "ZeroMQ send failed; batch dropped");
             }
         }
-        if let Some(ticket) = batch.spooled.take() {
-            self.published.push_back((Instant::now(), ticket));
+        let now = Instant::now();
+        for ticket in batch.spooled.drain(..) {
+            self.published.push_back((now, ticket));
         }
     }
 }
@@ -245,7 +246,7 @@ fn count_out(counters: &Counters, batch: &Batch) -> u64 {
 /// to the queue as it is dropped).
 fn drop_oldest(counters: &Counters, mut batch: Batch) {
     let n = count_out(counters, &batch);
-    if let Some(ticket) = batch.spooled.take() {
+    for ticket in batch.spooled.drain(..) {
         ticket.done();
     }
     let before = counters

@@ -9,6 +9,7 @@ use crate::forward::json::{json_to_msgpack, starts_json, JsonError, JsonScanner}
 use crate::forward::msgpack::Cursor;
 use crate::forward::{decode_request, Limits, RequestError, ScanError, Scanner};
 use crate::metrics::Counters;
+use crate::partial::{JoinLimits, Joiner};
 use crate::publish::json::write_value;
 use crate::publish::Queue;
 use crate::route::Router;
@@ -33,6 +34,16 @@ pub struct Shared {
     pub dedup: Option<Dedup>,
     /// The disk spool, when configured.
     pub spool: Option<Arc<Spool>>,
+    /// Limits for joining Docker's split lines; `None`: pieces pass as they are.
+    pub join: Option<JoinLimits>,
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_opt(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Why a connection was closed by the gateway.
@@ -96,6 +107,7 @@ pub async fn serve<S>(
         .fetch_add(1, Ordering::Relaxed);
     tracing::debug!(peer = %peer, "connection accepted");
     let mut conn = Connection {
+        joiner: shared.join.map(Joiner::new),
         stream,
         peer: peer.clone(),
         identity,
@@ -118,6 +130,8 @@ pub async fn serve<S>(
 }
 
 struct Connection<S> {
+    /// Docker's split lines being joined, when `input.join_partial` is on.
+    joiner: Option<Joiner>,
     stream: S,
     peer: Arc<str>,
     identity: Arc<str>,
@@ -134,7 +148,22 @@ enum Framing {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    /// Reads and handles requests until the client closes, bad input, or `cancel`;
+    /// then publishes any split lines still held.
     async fn run(&mut self, cancel: &CancellationToken) -> Result<(), ConnectionError> {
+        let result = self.read_loop(cancel).await;
+        if let Some(joiner) = &mut self.joiner {
+            let held = joiner.expire(true, &self.shared.router, &self.peer);
+            for batch in held {
+                if self.shared.publisher.send(batch).await.is_err() {
+                    break;
+                }
+            }
+        }
+        result
+    }
+
+    async fn read_loop(&mut self, cancel: &CancellationToken) -> Result<(), ConnectionError> {
         loop {
             while let Some(frame) = self.next_frame()? {
                 let json = matches!(self.framing, Framing::Json(_));
@@ -146,9 +175,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 BUSY_READ
             };
             self.buf.reserve(want);
+            let deadline = self.joiner.as_ref().and_then(Joiner::next_deadline);
             let n = tokio::select! {
                 r = self.stream.read_buf(&mut self.buf) => r?,
                 _ = cancel.cancelled() => return Ok(()),
+                _ = sleep_until_opt(deadline) => {
+                    self.publish_expired().await?;
+                    continue;
+                }
             };
             if n == 0 {
                 return match self.buf.len() {
@@ -161,6 +195,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 .bytes_received
                 .fetch_add(n as u64, Ordering::Relaxed);
         }
+    }
+
+    /// Publishes split lines whose next piece is overdue.
+    async fn publish_expired(&mut self) -> Result<(), ConnectionError> {
+        let Some(joiner) = &mut self.joiner else {
+            return Ok(());
+        };
+        for batch in joiner.expire(false, &self.shared.router, &self.peer) {
+            self.shared
+                .publisher
+                .send(batch)
+                .await
+                .map_err(|_| ConnectionError::PublisherClosed)?;
+        }
+        Ok(())
     }
 
     /// Splits the next complete request off the buffer, if there is one. JSON requests
@@ -241,13 +290,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if let Some(mut batch) = batch {
                 if let Some(spool) = &shared.spool {
                     // On disk before the ack: a crash from here on loses nothing acked.
-                    batch.spooled = Some(spool.append(&self.peer, frame).await?);
+                    batch.spooled.push(spool.append(&self.peer, frame).await?);
                 }
-                shared
-                    .publisher
-                    .send(batch)
-                    .await
-                    .map_err(|_| ConnectionError::PublisherClosed)?;
+                let batches = match &mut self.joiner {
+                    Some(joiner) => joiner.offer(batch, &shared.router),
+                    None => vec![batch],
+                };
+                for batch in batches {
+                    shared
+                        .publisher
+                        .send(batch)
+                        .await
+                        .map_err(|_| ConnectionError::PublisherClosed)?;
+                }
             }
         }
         if let Some((dedup, chunk)) = dedup {

@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::dedup::Dedup;
 use crate::forward::Limits;
 use crate::metrics::{Counters, TenantCounts};
+use crate::partial::JoinLimits;
 use crate::publish::{PublishError, Publisher};
 use crate::route::Router;
 use crate::spool::{Replayed, Spool};
@@ -112,6 +113,10 @@ pub async fn run(
         counters: counters.clone(),
         dedup: Dedup::new(config.input.dedup_window, config.input.dedup_clients),
         spool: spool.clone(),
+        join: config.input.join_partial.then(|| JoinLimits {
+            max_bytes: config.input.partial_max_bytes,
+            timeout: Duration::from_millis(config.input.partial_timeout_ms),
+        }),
     });
 
     tracing::info!(
@@ -196,7 +201,7 @@ async fn replay(replayed: Vec<Replayed>, shared: &Shared) {
         );
         match built {
             Ok((Some(mut batch), _)) => {
-                batch.spooled = Some(r.ticket);
+                batch.spooled.push(r.ticket);
                 if shared.publisher.send(batch).await.is_err() {
                     return;
                 }

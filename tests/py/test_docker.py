@@ -364,6 +364,30 @@ def test_40k_line_split_by_docker(fmt, start_gateway, subscribe, containers):
     assert recs[4]["partial_id"] != pid
 
 
+def test_40k_line_joined_with_join_partial(start_gateway, subscribe, containers, tmp_path):
+    """With input.join_partial, Docker's three pieces of a 40 KiB line arrive as one
+    record with the whole line and no partial_* keys; the unterminated last output,
+    whose last piece never comes, is published when the container's connection ends,
+    still marked partial_message."""
+    cfg = tmp_path / "join.toml"
+    cfg.write_text("[input]\njoin_partial = true\n")
+    gw = gateway(start_gateway, "json", "--config", str(cfg))
+    sub = subscribe(gw)
+    size = 40 * 1024
+    line = "".join(str(i) for i in range(1, 20001))[:size]
+    cid = containers.run(*fluentd(tcp_address(gw)),
+                         cmd=["sh", "-c", 'seq -s "" 1 20000 | head -c %d; echo; echo after; printf no-eol' % size])
+    assert containers.wait(cid) == 0
+    msgs = recv_n(sub, 3, 30, DOCKER, "records")
+    assert settle(gw, sub, DOCKER) == []
+    recs = [js(m)["record"] for m in msgs]
+    name = containers.inspect(cid, "{{.Name}}")
+    base = {"container_id": cid, "container_name": name, "source": "stdout"}
+    assert recs[0] == {**base, "log": line}
+    assert recs[1] == {**base, "log": "after"}
+    assert recs[2] == {**base, "log": "no-eol", "partial_message": "true"}
+
+
 # ---------------------------------------------------------------------------- many containers
 
 
