@@ -176,9 +176,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             };
             self.buf.reserve(want);
             let deadline = self.joiner.as_ref().and_then(Joiner::next_deadline);
+            // On shutdown, a request already begun is read to its end first (the server
+            // bounds how long it waits for that).
+            let idle = self.buf.is_empty();
             let n = tokio::select! {
                 r = self.stream.read_buf(&mut self.buf) => r?,
-                _ = cancel.cancelled() => return Ok(()),
+                _ = cancel.cancelled(), if idle => return Ok(()),
                 _ = sleep_until_opt(deadline) => {
                     self.publish_expired().await?;
                     continue;

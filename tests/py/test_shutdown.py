@@ -83,3 +83,23 @@ def test_sigterm_under_load_loses_no_acked_event(start_gateway):
     assert len(measured) == len(set(measured)), "a line was published twice"
     stopped = gw.log_lines(lambda raw, obj: "fwdgate stopped" in raw)
     assert len(stopped) == 1, gw.stderr_text()[-2000:]
+
+
+def test_sigterm_finishes_a_request_already_begun(start_gateway, subscribe):
+    """A request half sent when SIGTERM arrives is read to its end, published and acked."""
+    gw = start_gateway()
+    sub = subscribe(gw)
+    data = message("app", T0, fwd.rec("begun before SIGTERM", tenant="tbegun"), option(chunk="b1"))
+    with gw.connect() as c:
+        c.send(data[:10])
+        # A round trip on a second connection, so that the gateway has read the first
+        # bytes before the signal (the same event loop serves both).
+        with gw.connect() as c2:
+            c2.send(message("app", T0, fwd.rec("barrier", tenant="tbegun"), option(chunk="x")))
+            assert c2.recv_exact(len(ack("x"))) == ack("x")
+        gw.proc.send_signal(signal.SIGTERM)
+        c.send(data[10:])
+        assert c.recv_exact(len(ack("b1")), timeout=10) == ack("b1")
+    got = sub.recv_n(2)
+    assert got[1] == [b"tbegun", b"default", b"app: begun before SIGTERM"]
+    assert gw.proc.wait(10) == 0
