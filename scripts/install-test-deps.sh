@@ -26,3 +26,9 @@ fi
 
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
   -r tests/py/requirements.txt
+
+# Node's fluent-logger (it implements the forward protocol handshake), at the version
+# pinned in tests/node/package-lock.json.
+if [ ! -d tests/node/node_modules/fluent-logger ]; then
+  npm ci --prefix tests/node --silent --no-audit --no-fund
+fi

@@ -38,6 +38,7 @@ pub struct Config {
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub spool: SpoolConfig,
+    pub security: SecurityConfig,
     pub shutdown: ShutdownConfig,
 }
 
@@ -343,6 +344,58 @@ impl Default for SpoolConfig {
     }
 }
 
+/// The forward protocol's handshake (HELO/PING/PONG), as Fluentd's `<security>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Shared key every client must prove it knows. Empty (the default): no handshake.
+    pub shared_key: String,
+    /// Host name the server gives in its PONG. Empty: this machine's host name.
+    pub self_hostname: String,
+    /// Require a username and password from `users` as well. Default `false`.
+    pub user_auth: bool,
+    /// Users for `user_auth`.
+    pub users: Vec<UserConfig>,
+    /// Accept clients that match no entry of `clients` (with the global key).
+    /// Default `true`.
+    pub allow_anonymous_source: bool,
+    /// Per-client settings, by source network: the first match wins.
+    pub clients: Vec<ClientConfig>,
+    /// How long a client may take to complete the handshake. Default 5000 ms.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            shared_key: String::new(),
+            self_hostname: String::new(),
+            user_auth: false,
+            users: Vec::new(),
+            allow_anonymous_source: true,
+            clients: Vec::new(),
+            handshake_timeout_ms: 5000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Source address or network, like `10.1.2.3` or `10.0.0.0/8`.
+    pub network: String,
+    /// This client's own shared key; empty: the global one.
+    #[serde(default)]
+    pub shared_key: String,
+}
+
 /// Graceful shutdown on SIGTERM or SIGINT.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -441,6 +494,23 @@ impl Config {
                 ));
             }
         }
+        let sec = &self.security;
+        if sec.shared_key.is_empty() && (sec.user_auth || !sec.clients.is_empty()) {
+            return invalid(
+                "security.user_auth and security.clients need security.shared_key".into(),
+            );
+        }
+        if sec.user_auth && sec.users.is_empty() {
+            return invalid("security.user_auth needs at least one entry in security.users".into());
+        }
+        for client in &sec.clients {
+            if parse_network(&client.network).is_none() {
+                return invalid(format!(
+                    "security.clients: {:?} is not an address or network like 10.0.0.0/8",
+                    client.network
+                ));
+            }
+        }
         if self.output.send_hwm < 0 {
             return invalid("output.send_hwm must be 0 (no limit) or more".into());
         }
@@ -454,6 +524,15 @@ impl Config {
             return invalid(format!("log.level: {:?} is not a level", self.log.level));
         }
         Ok(())
+    }
+
+    /// `security.clients[].network` values, parsed.
+    pub fn client_networks(&self) -> Vec<(ipnet::IpNet, String)> {
+        self.security
+            .clients
+            .iter()
+            .filter_map(|c| parse_network(&c.network).map(|n| (n, c.shared_key.clone())))
+            .collect()
     }
 
     /// `input.unix_mode` as a number.
@@ -473,6 +552,15 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+/// An address (a network of one) or a network in CIDR notation.
+fn parse_network(text: &str) -> Option<ipnet::IpNet> {
+    text.parse::<ipnet::IpNet>().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
 }
 
 #[cfg(test)]

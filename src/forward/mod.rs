@@ -3,6 +3,7 @@
 
 pub mod ack;
 pub mod compression;
+pub mod handshake;
 pub mod json;
 pub mod msgpack;
 pub mod request;

@@ -1,6 +1,7 @@
 //! One client connection: read, find complete requests, decode, route, hand each
 //! request's events to the publisher in one batch, then ack.
 
+use super::handshake::Security;
 use crate::batch::{build_batch, BatchLimits};
 use crate::dedup::Dedup;
 use crate::forward::ack::{encode_ack, encode_json_ack};
@@ -36,6 +37,8 @@ pub struct Shared {
     pub spool: Option<Arc<Spool>>,
     /// Limits for joining Docker's split lines; `None`: pieces pass as they are.
     pub join: Option<JoinLimits>,
+    /// The handshake, when a shared key is configured.
+    pub security: Option<Arc<Security>>,
 }
 
 /// Sleeps until `deadline`, or forever without one.
@@ -63,6 +66,8 @@ pub enum ConnectionError {
     PublisherClosed,
     #[error("request not acknowledged: {0}")]
     Spool(#[from] SpoolError),
+    #[error("handshake failed: {0}")]
+    Handshake(String),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -151,6 +156,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Reads and handles requests until the client closes, bad input, or `cancel`;
     /// then publishes any split lines still held.
     async fn run(&mut self, cancel: &CancellationToken) -> Result<(), ConnectionError> {
+        if let Some(security) = self.shared.security.clone() {
+            let timeout = security.timeout;
+            tokio::time::timeout(timeout, self.handshake(&security))
+                .await
+                .map_err(|_| {
+                    ConnectionError::Handshake("no PING within the handshake timeout".into())
+                })??;
+        }
         let result = self.read_loop(cancel).await;
         if let Some(joiner) = &mut self.joiner {
             let held = joiner.expire(true, &self.shared.router, &self.peer);
@@ -198,6 +211,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 .bytes_received
                 .fetch_add(n as u64, Ordering::Relaxed);
         }
+    }
+
+    /// HELO, then the client's PING, then PONG; an error closes the connection.
+    async fn handshake(&mut self, security: &Security) -> Result<(), ConnectionError> {
+        let challenge = security.challenge()?;
+        self.stream.write_all(&security.helo(&challenge)).await?;
+        let ping = loop {
+            if let Some(frame) = self.next_frame()? {
+                break frame;
+            }
+            self.buf.reserve(IDLE_READ);
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(ConnectionError::Handshake("closed before PING".into()));
+            }
+        };
+        let ip = self.identity.parse().ok();
+        let (pong, outcome) = security.answer(&challenge, ip, &ping);
+        self.stream.write_all(&pong).await?;
+        outcome.map_err(ConnectionError::Handshake)
     }
 
     /// Publishes split lines whose next piece is overdue.

@@ -2,6 +2,7 @@
 //! from start to graceful shutdown.
 
 pub mod connection;
+mod handshake;
 mod heartbeat;
 mod http;
 mod listener;
@@ -113,6 +114,7 @@ pub async fn run(
         counters: counters.clone(),
         dedup: Dedup::new(config.input.dedup_window, config.input.dedup_clients),
         spool: spool.clone(),
+        security: handshake::Security::from_config(&config).map(Arc::new),
         join: config.input.join_partial.then(|| JoinLimits {
             max_bytes: config.input.partial_max_bytes,
             timeout: Duration::from_millis(config.input.partial_timeout_ms),
