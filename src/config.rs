@@ -83,6 +83,24 @@ pub struct InputConfig {
     /// How long to wait for the next piece before publishing what was joined
     /// (marked `partial_message: "true"`). Default 5000 ms.
     pub partial_timeout_ms: u64,
+    /// Listeners that speak the forward protocol over TLS.
+    pub tls: TlsConfig,
+}
+
+/// TLS listeners (`[input.tls]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// TCP addresses accepting the forward protocol over TLS (Docker 23+
+    /// `fluentd-address=tls://…`, Fluentd and Fluent Bit with TLS on). Empty: none.
+    pub listen: Vec<String>,
+    /// The server's certificate chain, PEM.
+    pub cert_file: String,
+    /// The server's private key (PKCS#8, PKCS#1 or SEC1), PEM.
+    pub key_file: String,
+    /// CA certificates, PEM, that client certificates must chain to (mutual TLS).
+    /// Empty: clients are not asked for a certificate.
+    pub client_ca_file: String,
 }
 
 impl Default for InputConfig {
@@ -100,6 +118,7 @@ impl Default for InputConfig {
             join_partial: false,
             partial_max_bytes: 1 << 20,
             partial_timeout_ms: 5000,
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -437,7 +456,10 @@ impl Config {
 
     /// Fills in the defaults that depend on other fields and checks every value.
     pub fn finalize(mut self) -> Result<Config, ConfigError> {
-        if self.input.listen.is_empty() && self.input.unix.is_empty() {
+        if self.input.listen.is_empty()
+            && self.input.unix.is_empty()
+            && self.input.tls.listen.is_empty()
+        {
             self.input.listen.push(DEFAULT_LISTEN.into());
         }
         if self.output.zmq_bind.is_empty() && self.output.zmq_connect.is_empty() {
@@ -449,7 +471,13 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |msg: String| Err(ConfigError::Invalid(msg));
-        for addr in &self.input.listen {
+        let tls = &self.input.tls;
+        if !tls.listen.is_empty() && (tls.cert_file.is_empty() || tls.key_file.is_empty()) {
+            return invalid(
+                "input.tls.listen needs input.tls.cert_file and input.tls.key_file".into(),
+            );
+        }
+        for addr in self.input.listen.iter().chain(&tls.listen) {
             if addr
                 .to_socket_addrs()
                 .map(|mut a| a.next().is_none())

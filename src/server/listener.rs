@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, UdpSocket, UnixListener};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -18,7 +19,12 @@ pub struct Listeners {
     tcp: Vec<TcpListener>,
     unix: Vec<(UnixListener, PathBuf)>,
     udp: Vec<UdpSocket>,
+    tls: Vec<TcpListener>,
+    acceptor: Option<TlsAcceptor>,
 }
+
+/// How long a client may take to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Listeners {
     pub async fn bind(config: &Config) -> Result<Listeners, ServerError> {
@@ -55,7 +61,35 @@ impl Listeners {
         for path in &config.input.unix {
             unix.push((bind_unix(path, mode)?, path.clone()));
         }
-        Ok(Listeners { tcp, unix, udp })
+        let mut tls = Vec::new();
+        let mut acceptor = None;
+        if !config.input.tls.listen.is_empty() {
+            acceptor = Some(super::tls::acceptor(&config.input.tls)?);
+            for addr in &config.input.tls.listen {
+                tls.push(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| ServerError::Listen {
+                            addr: addr.clone(),
+                            source,
+                        })?,
+                );
+            }
+        }
+        Ok(Listeners {
+            tcp,
+            unix,
+            udp,
+            tls,
+            acceptor,
+        })
+    }
+
+    pub fn tls_addrs(&self) -> Vec<String> {
+        self.tls
+            .iter()
+            .filter_map(|l| l.local_addr().ok().map(|a| a.to_string()))
+            .collect()
     }
 
     pub fn tcp_addrs(&self) -> Vec<String> {
@@ -108,6 +142,45 @@ impl Listeners {
                                 shared.clone(),
                                 cancel.clone(),
                             ));
+                        }
+                        Err(e) => accept_failed(&e).await,
+                    }
+                }
+            }));
+        }
+        for listener in self.tls {
+            let (tracker, shared, cancel) = (tracker.clone(), shared.clone(), cancel.clone());
+            let Some(acceptor) = self.acceptor.clone() else {
+                break;
+            };
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let accepted = tokio::select! {
+                        r = listener.accept() => r,
+                        _ = cancel.cancelled() => break,
+                    };
+                    match accepted {
+                        Ok((stream, addr)) => {
+                            let _ = stream.set_nodelay(true);
+                            let (acceptor, shared, cancel) = (acceptor.clone(), shared.clone(), cancel.clone());
+                            // The TLS handshake runs in the connection's own task, so a slow
+                            // client does not hold up the others.
+                            tracker.spawn(async move {
+                                let peer: Arc<str> = addr.to_string().into();
+                                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                    Ok(Ok(tls)) => {
+                                        serve(tls, peer, addr.ip().to_string().into(), shared, cancel).await
+                                    }
+                                    Ok(Err(e)) => {
+                                        shared.counters.connections_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                        tracing::warn!(peer = %peer, reason = %e, "TLS handshake failed; closing connection");
+                                    }
+                                    Err(_) => {
+                                        shared.counters.connections_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                        tracing::warn!(peer = %peer, "TLS handshake timed out; closing connection");
+                                    }
+                                }
+                            });
                         }
                         Err(e) => accept_failed(&e).await,
                     }

@@ -6,6 +6,7 @@ mod handshake;
 mod heartbeat;
 mod http;
 mod listener;
+mod tls;
 
 use crate::batch::BatchLimits;
 use crate::config::Config;
@@ -47,6 +48,8 @@ pub enum ServerError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Spool(#[from] crate::spool::SpoolError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("invalid route.tag_regex: {0}")]
     Regex(#[from] regex::Error),
 }
@@ -125,6 +128,7 @@ pub async fn run(
         tcp = %listeners.tcp_addrs().join(","),
         unix = %listeners.unix_paths().join(","),
         udp = %listeners.udp_addrs().join(","),
+        tls = %listeners.tls_addrs().join(","),
         zmq_bind = %publisher.bound.join(","),
         zmq_connect = %publisher.connected.join(","),
         metrics = %metrics_addr,
