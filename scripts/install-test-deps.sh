@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 #   golang-go + golang-github-fluent-fluent-logger-golang-dev
 #                    the Go client library that Docker itself uses, built offline
 #   docker-compose   Compose v1, for the docker-compose.yml at the repository root
-APT_PACKAGES=(docker.io busybox-static golang-go golang-github-fluent-fluent-logger-golang-dev docker-compose)
+#   openssl          makes the certificates of the TLS tests
+APT_PACKAGES=(docker.io busybox-static golang-go golang-github-fluent-fluent-logger-golang-dev docker-compose openssl)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
