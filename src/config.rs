@@ -39,6 +39,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub spool: SpoolConfig,
     pub security: SecurityConfig,
+    pub limits: LimitsConfig,
     pub shutdown: ShutdownConfig,
 }
 
@@ -85,6 +86,11 @@ pub struct InputConfig {
     pub partial_timeout_ms: u64,
     /// Listeners that speak the forward protocol over TLS.
     pub tls: TlsConfig,
+    /// Source networks allowed to connect over TCP and TLS (`10.0.0.0/8`, `::1`).
+    /// Empty (the default): any.
+    pub allow: Vec<String>,
+    /// Source networks refused over TCP and TLS, whatever `allow` says.
+    pub deny: Vec<String>,
 }
 
 /// TLS listeners (`[input.tls]`).
@@ -119,6 +125,8 @@ impl Default for InputConfig {
             partial_max_bytes: 1 << 20,
             partial_timeout_ms: 5000,
             tls: TlsConfig::default(),
+            allow: Vec::new(),
+            deny: Vec::new(),
         }
     }
 }
@@ -363,6 +371,33 @@ impl Default for SpoolConfig {
     }
 }
 
+/// Limits against abuse of an open port. 0 turns a limit off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Connections open at once, over all listeners. Default 0 (no limit).
+    pub max_connections: u64,
+    /// Connections open at once from one source address. Default 0 (no limit).
+    pub max_connections_per_source: u64,
+    /// Close a connection that sent nothing for this long. Default 0 (never: Docker
+    /// keeps a quiet container's connection open).
+    pub idle_timeout_ms: u64,
+    /// A request that has begun must arrive whole within this long (slow-sender
+    /// protection). Default 60000 ms.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 0,
+            max_connections_per_source: 0,
+            idle_timeout_ms: 0,
+            request_timeout_ms: 60_000,
+        }
+    }
+}
+
 /// The forward protocol's handshake (HELO/PING/PONG), as Fluentd's `<security>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -531,6 +566,13 @@ impl Config {
         if sec.user_auth && sec.users.is_empty() {
             return invalid("security.user_auth needs at least one entry in security.users".into());
         }
+        for net in self.input.allow.iter().chain(&self.input.deny) {
+            if parse_network(net).is_none() {
+                return invalid(format!(
+                    "input.allow/deny: {net:?} is not an address or network"
+                ));
+            }
+        }
         for client in &sec.clients {
             if parse_network(&client.network).is_none() {
                 return invalid(format!(
@@ -583,7 +625,7 @@ impl Config {
 }
 
 /// An address (a network of one) or a network in CIDR notation.
-fn parse_network(text: &str) -> Option<ipnet::IpNet> {
+pub(crate) fn parse_network(text: &str) -> Option<ipnet::IpNet> {
     text.parse::<ipnet::IpNet>().ok().or_else(|| {
         text.parse::<std::net::IpAddr>()
             .ok()

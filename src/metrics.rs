@@ -14,6 +14,12 @@ pub struct Counters {
     pub connections_active: AtomicU64,
     /// Connections closed because their input could not be trusted.
     pub connections_rejected: AtomicU64,
+    /// Gauge: connections holding a place under the connection limits.
+    pub connections_admitted: AtomicU64,
+    /// Connections refused at accept: source not allowed, or a connection limit.
+    pub connections_refused: AtomicU64,
+    /// Connections closed for sending nothing within `limits.idle_timeout_ms`.
+    pub connections_idle_closed: AtomicU64,
     pub requests: AtomicU64,
     /// Requests whose chunk id was accepted before (a client's resend): acked again,
     /// not published again.
@@ -157,8 +163,20 @@ pub fn render(c: &Counters, tenants: &TenantCounts) -> String {
     metric(
         "fwdgate_connections_rejected_total",
         "counter",
-        "Connections closed for input that could not be trusted.",
+        "Connections closed for input that could not be trusted (slow requests and failed handshakes included).",
         get(&c.connections_rejected),
+    );
+    metric(
+        "fwdgate_connections_refused_total",
+        "counter",
+        "Connections refused at accept: source not allowed, or a connection limit reached.",
+        get(&c.connections_refused),
+    );
+    metric(
+        "fwdgate_connections_idle_closed_total",
+        "counter",
+        "Connections closed after limits.idle_timeout_ms without data.",
+        get(&c.connections_idle_closed),
     );
     metric(
         "fwdgate_requests_total",
@@ -283,7 +301,7 @@ mod tests {
         let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
         let helps = text.lines().filter(|l| l.starts_with("# HELP")).count();
         assert_eq!(types, helps);
-        assert_eq!(types, 15);
+        assert_eq!(types, 17);
     }
 
     #[test]

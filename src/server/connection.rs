@@ -18,6 +18,7 @@ use crate::spool::{Spool, SpoolError};
 use bytes::{Buf, Bytes, BytesMut};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -39,6 +40,11 @@ pub struct Shared {
     pub join: Option<JoinLimits>,
     /// The handshake, when a shared key is configured.
     pub security: Option<Arc<Security>>,
+    /// Source networks and connection limits.
+    pub admission: Arc<super::admission::Admission>,
+    /// `limits.idle_timeout_ms` and `limits.request_timeout_ms`; `None`: off.
+    pub idle_timeout: Option<std::time::Duration>,
+    pub request_timeout: Option<std::time::Duration>,
 }
 
 /// Sleeps until `deadline`, or forever without one.
@@ -68,6 +74,10 @@ pub enum ConnectionError {
     Spool(#[from] SpoolError),
     #[error("handshake failed: {0}")]
     Handshake(String),
+    #[error("idle for limits.idle_timeout_ms")]
+    Idle,
+    #[error("request not complete within limits.request_timeout_ms ({0} bytes received)")]
+    SlowRequest(usize),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -78,7 +88,10 @@ impl ConnectionError {
     pub fn is_bad_input(&self) -> bool {
         !matches!(
             self,
-            ConnectionError::Io(_) | ConnectionError::PublisherClosed | ConnectionError::Spool(_)
+            ConnectionError::Io(_)
+                | ConnectionError::PublisherClosed
+                | ConnectionError::Spool(_)
+                | ConnectionError::Idle
         )
     }
 }
@@ -122,6 +135,13 @@ pub async fn serve<S>(
     };
     match conn.run(&cancel).await {
         Ok(()) => tracing::debug!(peer = %peer, "connection closed"),
+        Err(ConnectionError::Idle) => {
+            conn.shared
+                .counters
+                .connections_idle_closed
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(peer = %peer, "closing idle connection (limits.idle_timeout_ms)");
+        }
         Err(e) if e.is_bad_input() => {
             conn.shared
                 .counters
@@ -177,6 +197,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     async fn read_loop(&mut self, cancel: &CancellationToken) -> Result<(), ConnectionError> {
+        let mut last_read = Instant::now();
+        let mut request_started: Option<Instant> = None;
         loop {
             while let Some(frame) = self.next_frame()? {
                 let json = matches!(self.framing, Framing::Json(_));
@@ -189,6 +211,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             };
             self.buf.reserve(want);
             let deadline = self.joiner.as_ref().and_then(Joiner::next_deadline);
+            // An idle connection may wait `idle_timeout`; a request that has begun must
+            // be complete within `request_timeout` of its first byte.
+            let limit = if self.buf.is_empty() {
+                request_started = None;
+                self.shared.idle_timeout.map(|t| (last_read + t, true))
+            } else {
+                let started = *request_started.get_or_insert(last_read);
+                self.shared.request_timeout.map(|t| (started + t, false))
+            };
             // On shutdown, a request already begun is read to its end first (the server
             // bounds how long it waits for that).
             let idle = self.buf.is_empty();
@@ -199,7 +230,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     self.publish_expired().await?;
                     continue;
                 }
+                _ = sleep_until_opt(limit.map(|l| l.0)) => {
+                    return Err(match limit {
+                        Some((_, true)) => ConnectionError::Idle,
+                        _ => ConnectionError::SlowRequest(self.buf.len()),
+                    });
+                }
             };
+            last_read = Instant::now();
             if n == 0 {
                 return match self.buf.len() {
                     0 => Ok(()),

@@ -2,7 +2,7 @@
 //! the TCP ones), and their accept loops.
 
 use super::connection::{serve, Shared};
-use super::{heartbeat, ServerError};
+use super::{admission, heartbeat, ServerError};
 use crate::config::Config;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::PathBuf;
@@ -132,16 +132,24 @@ impl Listeners {
                     };
                     match accepted {
                         Ok((stream, addr)) => {
+                            let Some(place) = admit(&shared, Some(addr.ip()), &addr.to_string())
+                            else {
+                                continue;
+                            };
                             // Acks are small and clients wait for them (Docker's
                             // lock-step mode): send them without Nagle's delay.
                             let _ = stream.set_nodelay(true);
-                            tracker.spawn(serve(
+                            let conn = serve(
                                 stream,
                                 addr.to_string().into(),
                                 addr.ip().to_string().into(),
                                 shared.clone(),
                                 cancel.clone(),
-                            ));
+                            );
+                            tracker.spawn(async move {
+                                conn.await;
+                                drop(place);
+                            });
                         }
                         Err(e) => accept_failed(&e).await,
                     }
@@ -161,6 +169,9 @@ impl Listeners {
                     };
                     match accepted {
                         Ok((stream, addr)) => {
+                            let Some(place) = admit(&shared, Some(addr.ip()), &addr.to_string()) else {
+                                continue;
+                            };
                             let _ = stream.set_nodelay(true);
                             let (acceptor, shared, cancel) = (acceptor.clone(), shared.clone(), cancel.clone());
                             // The TLS handshake runs in the connection's own task, so a slow
@@ -180,6 +191,7 @@ impl Listeners {
                                         tracing::warn!(peer = %peer, "TLS handshake timed out; closing connection");
                                     }
                                 }
+                                drop(place);
                             });
                         }
                         Err(e) => accept_failed(&e).await,
@@ -198,13 +210,20 @@ impl Listeners {
                     };
                     match accepted {
                         Ok((stream, _)) => {
-                            tracker.spawn(serve(
+                            let Some(place) = admit(&shared, None, &peer) else {
+                                continue;
+                            };
+                            let conn = serve(
                                 stream,
                                 peer.clone(),
                                 peer.clone(),
                                 shared.clone(),
                                 cancel.clone(),
-                            ));
+                            );
+                            tracker.spawn(async move {
+                                conn.await;
+                                drop(place);
+                            });
                         }
                         Err(e) => accept_failed(&e).await,
                     }
@@ -220,6 +239,27 @@ impl Listeners {
             )));
         }
         tasks
+    }
+}
+
+/// A place under the connection limits for a new connection, or `None` (the refusal is
+/// counted and logged: the first and then every thousandth, so a flood of refused
+/// connections does not flood the log).
+fn admit(shared: &Shared, ip: Option<std::net::IpAddr>, peer: &str) -> Option<admission::Ticket> {
+    match shared.admission.admit(ip) {
+        Ok(place) => Some(place),
+        Err(reason) => {
+            let refused = shared
+                .counters
+                .connections_refused
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if refused % 1000 == 1 {
+                tracing::warn!(peer = %peer, reason = %reason, refused, "refusing connection");
+            } else {
+                tracing::debug!(peer = %peer, reason = %reason, "refusing connection");
+            }
+            None
+        }
     }
 }
 

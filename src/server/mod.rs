@@ -1,6 +1,7 @@
 //! I/O: listeners, the UDP heartbeat, connection tasks, and the gateway's life cycle
 //! from start to graceful shutdown.
 
+mod admission;
 pub mod connection;
 mod handshake;
 mod heartbeat;
@@ -118,6 +119,11 @@ pub async fn run(
         dedup: Dedup::new(config.input.dedup_window, config.input.dedup_clients),
         spool: spool.clone(),
         security: handshake::Security::from_config(&config).map(Arc::new),
+        admission: Arc::new(admission::Admission::new(&config, counters.clone())),
+        idle_timeout: (config.limits.idle_timeout_ms > 0)
+            .then(|| Duration::from_millis(config.limits.idle_timeout_ms)),
+        request_timeout: (config.limits.request_timeout_ms > 0)
+            .then(|| Duration::from_millis(config.limits.request_timeout_ms)),
         join: config.input.join_partial.then(|| JoinLimits {
             max_bytes: config.input.partial_max_bytes,
             timeout: Duration::from_millis(config.input.partial_timeout_ms),

@@ -1,0 +1,106 @@
+//! Who may connect: source allow/deny networks, and the caps on connections in total
+//! and per source address. Each refusal is counted and logged.
+
+use crate::config::Config;
+use crate::metrics::Counters;
+use ipnet::IpNet;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+pub struct Admission {
+    allow: Vec<IpNet>,
+    deny: Vec<IpNet>,
+    max_connections: u64,
+    max_per_source: u64,
+    per_source: Mutex<HashMap<IpAddr, u64>>,
+    counters: Arc<Counters>,
+}
+
+/// Holds a connection's place; released when dropped.
+pub struct Ticket {
+    admission: Arc<Admission>,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        Counters::decrease(&self.admission.counters.connections_admitted, 1);
+        if let (Some(ip), Ok(mut m)) = (self.ip, self.admission.per_source.lock()) {
+            if let Some(n) = m.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+impl Admission {
+    pub fn new(config: &Config, counters: Arc<Counters>) -> Admission {
+        let nets = |list: &[String]| {
+            list.iter()
+                .filter_map(|n| crate::config::parse_network(n))
+                .collect()
+        };
+        Admission {
+            allow: nets(&config.input.allow),
+            deny: nets(&config.input.deny),
+            max_connections: config.limits.max_connections,
+            max_per_source: config.limits.max_connections_per_source,
+            per_source: Mutex::new(HashMap::new()),
+            counters,
+        }
+    }
+
+    /// Admits a connection from `ip` (`None` for unix sockets, which only the total cap
+    /// applies to), or says why not.
+    pub fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Ticket, String> {
+        if let Some(ip) = ip {
+            if self.deny.iter().any(|n| n.contains(&ip)) {
+                return self.refuse(format!("source {ip} is denied by input.deny"));
+            }
+            if !self.allow.is_empty() && !self.allow.iter().any(|n| n.contains(&ip)) {
+                return self.refuse(format!("source {ip} is not in input.allow"));
+            }
+        }
+        let open = self
+            .counters
+            .connections_admitted
+            .fetch_add(1, Ordering::SeqCst);
+        // From here the ticket exists: dropping it undoes both counts.
+        let mut ticket = Ticket {
+            admission: self.clone(),
+            ip: None,
+        };
+        if self.max_connections > 0 && open >= self.max_connections {
+            drop(ticket);
+            return self.refuse(format!(
+                "{open} connections open: at limits.max_connections"
+            ));
+        }
+        if let (Some(ip), Ok(mut m)) = (ip, self.per_source.lock()) {
+            let n = m.entry(ip).or_insert(0);
+            if self.max_per_source > 0 && *n >= self.max_per_source {
+                let n = *n;
+                drop(m);
+                drop(ticket);
+                return self.refuse(format!(
+                    "{n} connections open from {ip}: at limits.max_connections_per_source"
+                ));
+            }
+            *n += 1;
+            ticket.ip = Some(ip);
+        }
+        Ok(ticket)
+    }
+
+    fn refuse(&self, reason: String) -> Result<Ticket, String> {
+        self.counters
+            .connections_refused
+            .fetch_add(1, Ordering::Relaxed);
+        Err(reason)
+    }
+}
