@@ -198,12 +198,12 @@ impl Format {
 #[serde(rename_all = "snake_case")]
 pub enum SlowSubscriber {
     /// Past `send_hwm` messages queued for it, that subscriber misses messages (libzmq
-    /// drops them for it alone; the others are unaffected).
-    #[default]
+    /// drops them for it alone, silently: no counter can see them).
     Drop,
     /// Wait for it (ZMQ_XPUB_NODROP): publishing slows to its pace, the queue fills, and
-    /// clients are held back by TCP flow control. Nothing is lost, but one stuck
-    /// subscriber holds every tenant back.
+    /// clients are held back by TCP flow control. Nothing is lost, but a subscriber that
+    /// stays connected without reading holds every tenant back. The default.
+    #[default]
     Block,
 }
 
@@ -255,7 +255,7 @@ pub struct OutputConfig {
     /// and send them once a subscription arrives, instead of letting ZeroMQ discard
     /// them. Default `true`.
     pub hold_without_subscribers: bool,
-    /// `"drop"` (default) or `"block"`: see [`SlowSubscriber`].
+    /// `"block"` (default) or `"drop"`: see [`SlowSubscriber`].
     pub slow_subscriber: SlowSubscriber,
 }
 
@@ -271,7 +271,7 @@ impl Default for OutputConfig {
             queue_bytes: 64 << 20,
             when_full: WhenFull::Block,
             hold_without_subscribers: true,
-            slow_subscriber: SlowSubscriber::Drop,
+            slow_subscriber: SlowSubscriber::Block,
         }
     }
 }

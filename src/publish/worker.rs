@@ -17,6 +17,9 @@ use tokio::sync::{mpsc, Semaphore};
 /// How long one wait on the socket lasts before the worker looks at the queue again.
 const TICK_MS: i64 = 20;
 
+/// How often subscription messages are read while publishing.
+const SUB_CHECK: Duration = Duration::from_millis(10);
+
 pub struct Worker {
     pub ctx: zmq::Context,
     pub socket: zmq::Socket,
@@ -72,6 +75,7 @@ impl Worker {
         let mut subs = Subscriptions::default();
         let hold = self.hold_without_subscribers && self.encoder.format() != Format::Null;
         let mut held: Option<Batch> = None;
+        let mut checked = Instant::now();
         loop {
             self.release_published();
             let batch = match held.take() {
@@ -81,7 +85,13 @@ impl Worker {
                     None => break,
                 },
             };
-            subs.update(&self.socket);
+            // Reading subscription messages costs a system call: do it at most every
+            // SUB_CHECK while subscribers are known to be there (a subscriber that left
+            // within that time may miss what is published meanwhile).
+            if !subs.any() || checked.elapsed() >= SUB_CHECK {
+                subs.update(&self.socket);
+                checked = Instant::now();
+            }
             if hold && !subs.any() {
                 match self.wait_for_subscriber(&mut subs, batch) {
                     Waited::Ready(b) => held = Some(b),

@@ -31,12 +31,10 @@ impl Listeners {
         let mut tcp = Vec::new();
         let mut udp = Vec::new();
         for addr in &config.input.listen {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServerError::Listen {
-                    addr: addr.clone(),
-                    source,
-                })?;
+            let listener = bind_tcp(addr).await.map_err(|source| ServerError::Listen {
+                addr: addr.clone(),
+                source,
+            })?;
             if config.input.udp_heartbeat {
                 // Same address and port number as the TCP listener, as Fluentd does.
                 let local = listener
@@ -66,14 +64,10 @@ impl Listeners {
         if !config.input.tls.listen.is_empty() {
             acceptor = Some(super::tls::acceptor(&config.input.tls)?);
             for addr in &config.input.tls.listen {
-                tls.push(
-                    TcpListener::bind(addr)
-                        .await
-                        .map_err(|source| ServerError::Listen {
-                            addr: addr.clone(),
-                            source,
-                        })?,
-                );
+                tls.push(bind_tcp(addr).await.map_err(|source| ServerError::Listen {
+                    addr: addr.clone(),
+                    source,
+                })?);
             }
         }
         Ok(Listeners {
@@ -261,6 +255,33 @@ fn admit(shared: &Shared, ip: Option<std::net::IpAddr>, peer: &str) -> Option<ad
             None
         }
     }
+}
+
+/// The listen backlog: Docker hosts start many containers at once, each opening a
+/// connection; the usual 128 overflows and makes clients wait for SYN retransmits.
+const BACKLOG: u32 = 4096;
+
+/// Binds a TCP listener with a deep accept backlog (the kernel caps it at somaxconn).
+async fn bind_tcp(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for sa in tokio::net::lookup_host(addr).await? {
+        let socket = if sa.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(sa).and_then(|()| socket.listen(BACKLOG)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the address resolves to nothing",
+        )
+    }))
 }
 
 /// Accept errors are mostly "too many open files": wait a little instead of spinning.
