@@ -1,0 +1,153 @@
+//! zmq-count: native ZeroMQ subscriber for the benchmark.
+//!
+//! Subscribes to everything (RCVHWM 0: unlimited, so no message is dropped on this
+//! side), counts three-frame messages, checks each sender's sequence numbers (from the
+//! `c=… seq=… ts=…` header of the line, see the crate docs) and records the latency from
+//! the embedded send timestamp to the moment the message is received. Exits when
+//! `--expected` messages arrived, or after `--idle` seconds without a message (once the
+//! first arrived), or `--start-wait` seconds with none, or `--max-seconds` in all. Prints
+//! one JSON line.
+//!
+//! ```text
+//! zmq-count --connect tcp://127.0.0.1:6362 [--expected N] [--idle 2] [--start-wait 30]
+//!           [--max-seconds 120] [--ready-file PATH]
+//! ```
+
+use fwdgate_bench::*;
+use std::time::{Duration, Instant};
+
+fn main() {
+    let a = Args::parse(&[]);
+    let endpoint = a.str("connect", "tcp://127.0.0.1:6362");
+    let expected: u64 = a.num("expected", 0);
+    let idle = Duration::from_secs_f64(a.num("idle", 2.0));
+    let start_wait = Duration::from_secs_f64(a.num("start-wait", 30.0));
+    let max = Duration::from_secs_f64(a.num("max-seconds", 120.0));
+    let ready_file = a.str("ready-file", "");
+
+    let ctx = zmq::Context::new();
+    let sub = ctx.socket(zmq::SUB).expect("socket");
+    sub.set_rcvhwm(0).expect("rcvhwm");
+    sub.set_rcvtimeo(100).expect("rcvtimeo");
+    sub.set_subscribe(b"").expect("subscribe");
+    sub.connect(&endpoint).expect("connect");
+    if !ready_file.is_empty() {
+        std::fs::write(&ready_file, b"connected\n").ok();
+    }
+
+    let started = Instant::now();
+    let cpu0 = self_cpu_seconds();
+    let mut hist = new_hist();
+    let mut next_seq = vec![0u64; UNTRACKED_SENDER as usize + 1];
+    let (mut received, mut bytes, mut gaps, mut out_of_order, mut malformed, mut untracked) =
+        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut first: Option<Instant> = None;
+    let mut last = started;
+    let mut frames: [zmq::Message; 3] = [
+        zmq::Message::new(),
+        zmq::Message::new(),
+        zmq::Message::new(),
+    ];
+    let mut stop_reason = "max-seconds";
+    'outer: loop {
+        if expected > 0 && received >= expected {
+            stop_reason = "expected";
+            break;
+        }
+        let now = Instant::now();
+        if now - started > max {
+            break;
+        }
+        match first {
+            None if now - started > start_wait => {
+                stop_reason = "start-wait";
+                break;
+            }
+            Some(_) if now - last > idle => {
+                stop_reason = "idle";
+                break;
+            }
+            _ => {}
+        }
+        // One message: frames until one without MORE.
+        let mut n = 0usize;
+        loop {
+            let slot = n.min(2);
+            match sub.recv(&mut frames[slot], 0) {
+                Ok(()) => {}
+                Err(zmq::Error::EAGAIN) if n == 0 => continue 'outer,
+                Err(zmq::Error::EAGAIN) => continue, // rest of a message in flight
+                Err(e) => {
+                    eprintln!("recv: {e}");
+                    break 'outer;
+                }
+            }
+            n += 1;
+            bytes += frames[slot].len() as u64;
+            if !frames[slot].get_more() {
+                break;
+            }
+        }
+        let t = now_ns();
+        last = Instant::now();
+        first.get_or_insert(last);
+        received += 1;
+        if n != 3 {
+            malformed += 1;
+            continue;
+        }
+        let f3: &[u8] = &frames[2];
+        // "<12-char container id>: <line>"
+        let parsed = if f3.len() > 14 && &f3[12..14] == b": " {
+            parse_line(&f3[14..])
+        } else {
+            None
+        };
+        let Some((c, seq, ts)) = parsed else {
+            malformed += 1;
+            continue;
+        };
+        if ts != 0 {
+            record_ns(&mut hist, t.saturating_sub(ts));
+        }
+        if c >= UNTRACKED_SENDER {
+            untracked += 1;
+            continue;
+        }
+        let want = &mut next_seq[c as usize];
+        if seq == *want {
+            *want += 1;
+        } else if seq > *want {
+            gaps += seq - *want;
+            *want = seq + 1;
+        } else {
+            out_of_order += 1;
+        }
+    }
+    let secs = match first {
+        Some(f) => (last - f).as_secs_f64().max(1e-9),
+        None => 0.0,
+    };
+    let rate = if secs > 0.0 {
+        received as f64 / secs
+    } else {
+        0.0
+    };
+    println!(
+        "{{\"tool\": \"zmq-count\", \"received\": {}, \"expected\": {}, \"missing\": {}, \"seq_gaps\": {}, \"out_of_order\": {}, \"malformed\": {}, \"untracked\": {}, \"bytes\": {}, \"seconds\": {:.4}, \"msgs_per_s\": {:.0}, \"mb_per_s\": {:.2}, \"cpu_s\": {:.3}, \"stop\": \"{}\", {}}}",
+        received,
+        expected,
+        expected.saturating_sub(received),
+        gaps,
+        out_of_order,
+        malformed,
+        untracked,
+        bytes,
+        secs,
+        rate,
+        if secs > 0.0 { bytes as f64 / secs / 1e6 } else { 0.0 },
+        self_cpu_seconds() - cpu0,
+        stop_reason,
+        hist_json("latency", &hist)
+    );
+}
