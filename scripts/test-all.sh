@@ -18,6 +18,9 @@ cargo clippy --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --locked
 
+step "fuzz smoke: every cargo-fuzz target for ${FUZZ_SECONDS:-10} s"
+scripts/fuzz-smoke.sh
+
 step "building the gateway for the integration tests"
 cargo build --locked --bin fwdgate
 export FWDGATE_BIN="$PWD/target/debug/fwdgate"

@@ -46,22 +46,37 @@ pub fn decompress(
 }
 
 fn read_capped(
-    reader: impl Read,
+    mut reader: impl Read,
     codec: &'static str,
     input_len: usize,
     cap: usize,
 ) -> Result<Vec<u8>, DecompressError> {
+    let corrupt = |source| DecompressError::Corrupt { codec, source };
     // Log data typically compresses 5-10x; start there and let the Vec grow up to the cap.
     let mut out = Vec::with_capacity(input_len.saturating_mul(8).min(cap).max(4096));
-    let limit = u64::try_from(cap).unwrap_or(u64::MAX).saturating_add(1);
-    reader
-        .take(limit)
-        .read_to_end(&mut out)
-        .map_err(|source| DecompressError::Corrupt { codec, source })?;
-    if out.len() > cap {
-        return Err(DecompressError::TooLarge(cap));
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let n = reader.read(&mut chunk).map_err(corrupt)?;
+        if n == 0 {
+            // The zstd decoder can report the end of a frame before it notices that the
+            // frame is corrupt (its content size does not match, say); a second read
+            // brings the error out, so the outcome never depends on the cap.
+            match reader.read(&mut chunk).map_err(corrupt)? {
+                0 => return Ok(out),
+                more => {
+                    if out.len() + more > cap {
+                        return Err(DecompressError::TooLarge(cap));
+                    }
+                    out.extend_from_slice(&chunk[..more]);
+                    continue;
+                }
+            }
+        }
+        if out.len() + n > cap {
+            return Err(DecompressError::TooLarge(cap));
+        }
+        out.extend_from_slice(&chunk[..n]);
     }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -108,6 +123,22 @@ mod tests {
             decompress(Compression::Zstd, &bomb, 1 << 20),
             Err(DecompressError::TooLarge(_))
         ));
+    }
+
+    #[test]
+    fn a_corrupt_zstd_frame_is_corrupt_under_any_cap() {
+        // Found by fuzzing: a frame that declares 32 bytes of content and ends in an
+        // empty last block came back as Ok(empty) under a cap of 0.
+        let frame = [0x28, 0xb5, 0x2f, 0xfd, 0x20, 0x20, 0x01, 0x00, 0x00];
+        for cap in [0, 1, 16, 4096] {
+            assert!(
+                matches!(
+                    decompress(Compression::Zstd, &frame, cap),
+                    Err(DecompressError::Corrupt { .. })
+                ),
+                "cap {cap}"
+            );
+        }
     }
 
     #[test]
