@@ -385,6 +385,13 @@ pub struct LimitsConfig {
     /// A request that has begun must arrive whole within this long (slow-sender
     /// protection). Default 60000 ms.
     pub request_timeout_ms: u64,
+    /// Events per second each tenant may publish; events over it are dropped and
+    /// counted per tenant, so one noisy tenant cannot starve the others. Default 0
+    /// (no limit).
+    pub tenant_events_per_second: u64,
+    /// Events a tenant may publish at once above its rate (the bucket's size; at least
+    /// the rate). Default 0: the rate.
+    pub tenant_burst: u64,
 }
 
 impl Default for LimitsConfig {
@@ -394,6 +401,8 @@ impl Default for LimitsConfig {
             max_connections_per_source: 0,
             idle_timeout_ms: 0,
             request_timeout_ms: 60_000,
+            tenant_events_per_second: 0,
+            tenant_burst: 0,
         }
     }
 }

@@ -40,6 +40,8 @@ pub struct Counters {
     pub events_dropped_queue_full: AtomicU64,
     /// Events still held for want of a subscriber when the gateway stopped.
     pub events_dropped_no_subscriber: AtomicU64,
+    /// Events over their tenant's rate limit.
+    pub events_dropped_rate_limit: AtomicU64,
     pub acks_sent: AtomicU64,
     /// Gauge: requests and bytes waiting in the publisher queue.
     pub queue_requests: AtomicU64,
@@ -57,7 +59,7 @@ impl Counters {
     /// One line's worth of fields for the shutdown log.
     pub fn summary(&self) -> String {
         format!(
-            "connections={} rejected={} requests={} duplicates={} bytes={} events_published={} events_discarded={} events_invalid={} events_dropped={} dropped_queue_full={} dropped_no_subscriber={} signal_requests={} acks={} heartbeats={}",
+            "connections={} rejected={} requests={} duplicates={} bytes={} events_published={} events_discarded={} events_invalid={} events_dropped={} dropped_queue_full={} dropped_no_subscriber={} dropped_rate_limit={} signal_requests={} acks={} heartbeats={}",
             get(&self.connections_accepted),
             get(&self.connections_rejected),
             get(&self.requests),
@@ -69,6 +71,7 @@ impl Counters {
             get(&self.events_dropped),
             get(&self.events_dropped_queue_full),
             get(&self.events_dropped_no_subscriber),
+            get(&self.events_dropped_rate_limit),
             get(&self.signal_requests),
             get(&self.acks_sent),
             get(&self.heartbeats),
@@ -140,7 +143,7 @@ impl TenantCounts {
 }
 
 /// Renders every metric in the Prometheus text exposition format (version 0.0.4).
-pub fn render(c: &Counters, tenants: &TenantCounts) -> String {
+pub fn render(c: &Counters, tenants: &TenantCounts, rate_limited: &TenantCounts) -> String {
     let mut out = String::with_capacity(4096);
     let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
         let _ = writeln!(
@@ -246,12 +249,14 @@ pub fn render(c: &Counters, tenants: &TenantCounts) -> String {
          fwdgate_events_dropped_total{{reason=\"zmq_send_failed\"}} {}\n\
          fwdgate_events_dropped_total{{reason=\"null_output\"}} {}\n\
          fwdgate_events_dropped_total{{reason=\"queue_full\"}} {}\n\
-         fwdgate_events_dropped_total{{reason=\"no_subscriber\"}} {}",
+         fwdgate_events_dropped_total{{reason=\"no_subscriber\"}} {}\n\
+         fwdgate_events_dropped_total{{reason=\"tenant_rate_limit\"}} {}",
         get(&c.events_invalid),
         get(&c.events_dropped),
         get(&c.events_discarded),
         get(&c.events_dropped_queue_full),
         get(&c.events_dropped_no_subscriber),
+        get(&c.events_dropped_rate_limit),
     );
     let _ = writeln!(
         out,
@@ -262,6 +267,18 @@ pub fn render(c: &Counters, tenants: &TenantCounts) -> String {
         let _ = writeln!(
             out,
             "fwdgate_tenant_events_total{{tenant=\"{}\"}} {n}",
+            escape_label(&tenant)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP fwdgate_tenant_events_rate_limited_total Events dropped by the per-tenant rate limit, per tenant.\n\
+         # TYPE fwdgate_tenant_events_rate_limited_total counter"
+    );
+    for (tenant, n) in rate_limited.snapshot() {
+        let _ = writeln!(
+            out,
+            "fwdgate_tenant_events_rate_limited_total{{tenant=\"{}\"}} {n}",
             escape_label(&tenant)
         );
     }
@@ -295,13 +312,13 @@ mod tests {
         c.events_invalid.fetch_add(2, Ordering::Relaxed);
         let t = TenantCounts::new(10);
         t.add_runs([(&b"t\"1"[..], 7)]);
-        let text = render(&c, &t);
+        let text = render(&c, &t, &TenantCounts::new(10));
         assert!(text.contains("fwdgate_events_dropped_total{reason=\"invalid\"} 2\n"));
         assert!(text.contains("fwdgate_tenant_events_total{tenant=\"t\\\"1\"} 7\n"));
         let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
         let helps = text.lines().filter(|l| l.starts_with("# HELP")).count();
         assert_eq!(types, helps);
-        assert_eq!(types, 17);
+        assert_eq!(types, 18);
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod format;
 pub mod json;
 mod monitor;
 mod queue;
+pub mod ratelimit;
 mod worker;
 
 pub use queue::{Pressure, Queue, QueueClosed};
@@ -19,6 +20,13 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use worker::Worker;
+
+/// The per-tenant rate limit and where its drops are counted.
+pub struct TenantLimits {
+    pub events_per_second: u64,
+    pub burst: u64,
+    pub rate_limited: Arc<TenantCounts>,
+}
 
 /// The events of one request, handed to the publisher in one piece.
 #[derive(Debug)]
@@ -74,6 +82,7 @@ impl Publisher {
         linger: Duration,
         counters: Arc<Counters>,
         tenants: Arc<TenantCounts>,
+        limits: TenantLimits,
     ) -> Result<(Queue, Publisher), PublishError> {
         let ctx = zmq::Context::new();
         // XPUB rather than PUB: the same publications, plus the subscription messages
@@ -145,6 +154,8 @@ impl Publisher {
             bytes,
             linger,
             holding: false,
+            limiter: ratelimit::TenantLimiter::new(limits.events_per_second, limits.burst),
+            rate_limited: limits.rate_limited,
             published: Default::default(),
         };
         let thread = std::thread::Builder::new()

@@ -4,6 +4,7 @@
 //! while it is stalled.
 
 use super::format::{Encoder, Sink};
+use super::ratelimit::TenantLimiter;
 use super::{Batch, Pressure};
 use crate::config::{Format, SlowSubscriber};
 use crate::metrics::{Counters, TenantCounts};
@@ -39,6 +40,10 @@ pub struct Worker {
     pub holding: bool,
     /// Spool tickets of published requests, released after [`SPOOL_GRACE`].
     pub published: VecDeque<(Instant, Ticket)>,
+    /// The per-tenant rate limit (`limits.tenant_events_per_second`), if any, and the
+    /// per-tenant count of what it dropped.
+    pub limiter: Option<TenantLimiter>,
+    pub rate_limited: Arc<TenantCounts>,
 }
 
 /// How long a published request stays in the spool: time for libzmq to write it out.
@@ -201,6 +206,9 @@ impl Worker {
 
     fn publish(&mut self, mut batch: Batch) {
         self.count_out(&batch);
+        if self.limiter.is_some() {
+            self.apply_rate_limit(&mut batch);
+        }
         let sent = if self.encoder.format() == Format::Null {
             &self.counters.events_discarded
         } else {
@@ -242,6 +250,45 @@ fn must_drop(pressure: &Pressure, rx: &mpsc::Receiver<Batch>, bytes: &Semaphore)
     pressure.wants_drop()
         && (rx.capacity() == 0
             || (bytes.available_permits() as u64) < pressure.needed_bytes.load(Ordering::SeqCst))
+}
+
+impl Worker {
+    /// Drops the events over their tenant's rate, counting them per tenant.
+    fn apply_rate_limit(&mut self, batch: &mut Batch) {
+        let Some(limiter) = self.limiter.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut kept = Vec::with_capacity(batch.events.len());
+        let mut dropped: Vec<(&[u8], u64)> = Vec::new();
+        // Runs of one tenant take from its bucket once.
+        let mut i = 0;
+        while i < batch.events.len() {
+            let tenant = self.encoder.tenant_of(batch, &batch.events[i]);
+            let mut j = i + 1;
+            while j < batch.events.len()
+                && self.encoder.tenant_of(batch, &batch.events[j]) == tenant
+            {
+                j += 1;
+            }
+            let run = (j - i) as u64;
+            let allowed = limiter.take(tenant, run, now);
+            kept.extend_from_slice(&batch.events[i..i + allowed as usize]);
+            if allowed < run {
+                dropped.push((tenant, run - allowed));
+            }
+            i = j;
+        }
+        if dropped.is_empty() {
+            return;
+        }
+        let n: u64 = dropped.iter().map(|d| d.1).sum();
+        self.counters
+            .events_dropped_rate_limit
+            .fetch_add(n, Ordering::Relaxed);
+        self.rate_limited.add_runs(dropped);
+        batch.events = kept;
+    }
 }
 
 /// Takes a batch out of the queue gauges; returns its event count.

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 pub struct Status {
     pub counters: Arc<Counters>,
     pub tenants: Arc<TenantCounts>,
+    pub rate_limited: Arc<TenantCounts>,
     /// True while the listeners accept connections.
     pub listening: AtomicBool,
     /// Readiness needs a connected ZeroMQ peer (the gateway only connects, never binds).
@@ -68,7 +69,10 @@ fn respond(req: &Request<Incoming>, status: &Status) -> Response<Full<Bytes>> {
     }
     match req.uri().path() {
         "/metrics" => {
-            let mut r = text(StatusCode::OK, render(&status.counters, &status.tenants));
+            let mut r = text(
+                StatusCode::OK,
+                render(&status.counters, &status.tenants, &status.rate_limited),
+            );
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

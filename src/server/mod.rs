@@ -15,7 +15,7 @@ use crate::dedup::Dedup;
 use crate::forward::Limits;
 use crate::metrics::{Counters, TenantCounts};
 use crate::partial::JoinLimits;
-use crate::publish::{PublishError, Publisher};
+use crate::publish::{PublishError, Publisher, TenantLimits};
 use crate::route::Router;
 use crate::spool::{Replayed, Spool};
 use connection::Shared;
@@ -75,16 +75,23 @@ pub async fn run(
     };
     let listeners = Listeners::bind(&config).await?;
     let tenants = Arc::new(TenantCounts::new(config.metrics.max_tenants));
+    let rate_limited = Arc::new(TenantCounts::new(config.metrics.max_tenants));
     let (sender, publisher) = Publisher::start(
         &config.output,
         &config.route,
         timeout,
         counters.clone(),
         tenants.clone(),
+        TenantLimits {
+            events_per_second: config.limits.tenant_events_per_second,
+            burst: config.limits.tenant_burst,
+            rate_limited: rate_limited.clone(),
+        },
     )?;
     let status = Arc::new(http::Status {
         counters: counters.clone(),
         tenants,
+        rate_limited,
         listening: AtomicBool::new(false),
         needs_peer: config.output.zmq_bind.is_empty(),
     });
