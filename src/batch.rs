@@ -90,6 +90,7 @@ pub fn build_batch(
         data,
         tag: Span::of(tag_range),
         peer: peer.clone(),
+        peer_host: None,
         events,
         permit: None,
         spooled: Vec::new(),

@@ -91,6 +91,12 @@ pub struct InputConfig {
     pub allow: Vec<String>,
     /// Source networks refused over TCP and TLS, whatever `allow` says.
     pub deny: Vec<String>,
+    /// Add the client's IP address to each record under this key (in the `json`
+    /// format), as Fluentd's in_forward does. Empty (the default): not added.
+    pub source_address_key: String,
+    /// Add the client's host name (reverse DNS, looked up once per connection; the
+    /// address when that fails) to each record under this key. Empty: not added.
+    pub source_hostname_key: String,
 }
 
 /// TLS listeners (`[input.tls]`).
@@ -127,6 +133,8 @@ impl Default for InputConfig {
             tls: TlsConfig::default(),
             allow: Vec::new(),
             deny: Vec::new(),
+            source_address_key: String::new(),
+            source_hostname_key: String::new(),
         }
     }
 }

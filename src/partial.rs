@@ -37,6 +37,7 @@ struct Pending {
     joined: Vec<u8>,
     /// Spool records of the pieces, released when the joined line is published.
     tickets: Vec<Ticket>,
+    peer_host: Option<Arc<str>>,
     deadline: Instant,
 }
 
@@ -128,6 +129,7 @@ impl Joiner {
                         time: ev.time,
                         joined: Vec::new(),
                         tickets: Vec::new(),
+                        peer_host: batch.peer_host.clone(),
                         deadline: Instant::now(),
                     });
                     self.pending.len() - 1
@@ -186,6 +188,7 @@ fn rest_of(batch: &Batch, events: Vec<Routed>) -> Batch {
         data: batch.data.clone(),
         tag: batch.tag,
         peer: batch.peer.clone(),
+        peer_host: batch.peer_host.clone(),
         events,
         permit: None,
         spooled: Vec::new(),
@@ -241,6 +244,7 @@ fn joined_batch(p: Pending, complete: bool, router: &Router, peer: &Arc<str>) ->
         data,
         tag: tag_route.tag,
         peer: peer.clone(),
+        peer_host: p.peer_host,
         events: vec![routed],
         permit: None,
         spooled: p.tickets,
@@ -286,6 +290,7 @@ mod tests {
             data: Bytes::from(data),
             tag: tag.tag,
             peer: "p".into(),
+            peer_host: None,
             events: vec![ev],
             permit: None,
             spooled: Vec::new(),

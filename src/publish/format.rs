@@ -37,9 +37,20 @@ pub struct Encoder {
     body: Vec<u8>,
     /// Top-level values with invalid UTF-8: (key position, payload range).
     raw: Vec<(usize, std::ops::Range<usize>)>,
+    /// `input.source_address_key` and `input.source_hostname_key`, when set.
+    source_address_key: Option<String>,
+    source_hostname_key: Option<String>,
 }
 
 impl Encoder {
+    /// Sets the record keys that receive the client's address and host name.
+    pub fn with_source_keys(mut self, address: &str, hostname: &str) -> Encoder {
+        let key = |k: &str| (!k.is_empty()).then(|| k.to_owned());
+        self.source_address_key = key(address);
+        self.source_hostname_key = key(hostname);
+        self
+    }
+
     pub fn new(output: &OutputConfig, route: &RouteConfig) -> Encoder {
         Encoder {
             format: output.format,
@@ -49,6 +60,8 @@ impl Encoder {
             topic: Vec::new(),
             body: Vec::with_capacity(1024),
             raw: Vec::new(),
+            source_address_key: None,
+            source_hostname_key: None,
         }
     }
 
@@ -140,7 +153,15 @@ impl Encoder {
         self.raw.clear();
         let record = ev.record.get(data);
         let record_at = out.len();
-        if write_record(out, record, &mut self.raw).is_err() {
+        let address = source_address(&batch.peer);
+        let mut extra: Vec<(&str, &str)> = Vec::new();
+        if let Some(key) = &self.source_address_key {
+            extra.push((key, address));
+        }
+        if let Some(key) = &self.source_hostname_key {
+            extra.push((key, batch.peer_host.as_deref().unwrap_or(address)));
+        }
+        if write_record(out, record, &mut self.raw, &extra).is_err() {
             // The record was validated when it was scanned; keep the output valid JSON
             // even so.
             out.truncate(record_at);
@@ -164,18 +185,38 @@ impl Encoder {
     }
 }
 
+/// The client's address as a record value: the IP of `ip:port`, or the whole peer
+/// name (a unix socket path).
+fn source_address(peer: &str) -> &str {
+    match peer.rsplit_once(':') {
+        Some((ip, port)) if port.parse::<u16>().is_ok() && !peer.starts_with("unix:") => {
+            ip.trim_start_matches('[').trim_end_matches(']')
+        }
+        _ => peer,
+    }
+}
+
 /// Writes a record map as a JSON object, noting top-level string values that are not
 /// valid UTF-8 so their exact bytes can be published beside the readable text.
 fn write_record(
     out: &mut Vec<u8>,
     record: &[u8],
     raw: &mut Vec<(usize, std::ops::Range<usize>)>,
+    extra: &[(&str, &str)],
 ) -> Result<(), ReadError> {
     let mut c = Cursor::new(record);
     let n = c.map_len()?;
     out.push(b'{');
-    for i in 0..n {
+    for (i, (key, value)) in extra.iter().enumerate() {
         if i > 0 {
+            out.push(b',');
+        }
+        write_str(out, key.as_bytes());
+        out.push(b':');
+        write_str(out, value.as_bytes());
+    }
+    for i in 0..n {
+        if i > 0 || !extra.is_empty() {
             out.push(b',');
         }
         let key_at = c.pos();
@@ -228,6 +269,7 @@ mod tests {
             data: Bytes::from(data),
             tag: Span { start: 0, end: 3 },
             peer: "127.0.0.1:9".into(),
+            peer_host: None,
             events: vec![Routed {
                 time: EventTime {
                     secs: 1_700_000_000,
@@ -242,6 +284,13 @@ mod tests {
             permit: None,
             spooled: Vec::new(),
         }
+    }
+
+    #[test]
+    fn source_address_of_peers() {
+        assert_eq!(source_address("127.0.0.1:40312"), "127.0.0.1");
+        assert_eq!(source_address("[::1]:40312"), "::1");
+        assert_eq!(source_address("unix:/run/fwd.sock"), "unix:/run/fwd.sock");
     }
 
     #[test]

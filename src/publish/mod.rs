@@ -26,6 +26,9 @@ pub struct TenantLimits {
     pub events_per_second: u64,
     pub burst: u64,
     pub rate_limited: Arc<TenantCounts>,
+    /// `input.source_address_key` / `input.source_hostname_key`.
+    pub source_address_key: String,
+    pub source_hostname_key: String,
 }
 
 /// The events of one request, handed to the publisher in one piece.
@@ -37,6 +40,8 @@ pub struct Batch {
     pub tag: Span,
     /// The client, as shown in logs and in the `json` format.
     pub peer: Arc<str>,
+    /// The client's host name, resolved when `input.source_hostname_key` is set.
+    pub peer_host: Option<Arc<str>>,
     pub events: Vec<Routed>,
     /// The queue's byte budget held by this batch, returned when it is published.
     pub permit: Option<OwnedSemaphorePermit>,
@@ -145,7 +150,8 @@ impl Publisher {
             ctx,
             socket,
             rx,
-            encoder: Encoder::new(output, route),
+            encoder: Encoder::new(output, route)
+                .with_source_keys(&limits.source_address_key, &limits.source_hostname_key),
             counters,
             tenants,
             hold_without_subscribers: output.hold_without_subscribers,

@@ -42,9 +42,22 @@ pub struct Shared {
     pub security: Option<Arc<Security>>,
     /// Source networks and connection limits.
     pub admission: Arc<super::admission::Admission>,
+    /// Look up each client's host name (for `input.source_hostname_key`).
+    pub resolve_hostname: bool,
     /// `limits.idle_timeout_ms` and `limits.request_timeout_ms`; `None`: off.
     pub idle_timeout: Option<std::time::Duration>,
     pub request_timeout: Option<std::time::Duration>,
+}
+
+/// The host name of the client at `ip` by reverse DNS, looked up once per connection
+/// (off the async threads, bounded to 2 s); `None` when it has none.
+async fn resolve_host(ip: &str) -> Option<Arc<str>> {
+    let ip: std::net::IpAddr = ip.parse().ok()?;
+    let lookup = tokio::task::spawn_blocking(move || dns_lookup::lookup_addr(&ip).ok());
+    match tokio::time::timeout(std::time::Duration::from_secs(2), lookup).await {
+        Ok(Ok(Some(host))) => Some(host.into()),
+        _ => None,
+    }
 }
 
 /// Sleeps until `deadline`, or forever without one.
@@ -125,6 +138,7 @@ pub async fn serve<S>(
         .fetch_add(1, Ordering::Relaxed);
     tracing::debug!(peer = %peer, "connection accepted");
     let mut conn = Connection {
+        peer_host: None,
         joiner: shared.join.map(Joiner::new),
         stream,
         peer: peer.clone(),
@@ -155,6 +169,8 @@ pub async fn serve<S>(
 }
 
 struct Connection<S> {
+    /// The client's host name, when `input.source_hostname_key` asks for it.
+    peer_host: Option<Arc<str>>,
     /// Docker's split lines being joined, when `input.join_partial` is on.
     joiner: Option<Joiner>,
     stream: S,
@@ -176,6 +192,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Reads and handles requests until the client closes, bad input, or `cancel`;
     /// then publishes any split lines still held.
     async fn run(&mut self, cancel: &CancellationToken) -> Result<(), ConnectionError> {
+        if self.shared.resolve_hostname {
+            self.peer_host = resolve_host(&self.identity).await;
+        }
         if let Some(security) = self.shared.security.clone() {
             let timeout = security.timeout;
             tokio::time::timeout(timeout, self.handshake(&security))
@@ -361,6 +380,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 tracing::warn!(peer = %self.peer, skipped = invalid.count, reason = %first, "skipped invalid events");
             }
             if let Some(mut batch) = batch {
+                batch.peer_host = self.peer_host.clone();
                 if let Some(spool) = &shared.spool {
                     // On disk before the ack: a crash from here on loses nothing acked.
                     batch.spooled.push(spool.append(&self.peer, frame).await?);

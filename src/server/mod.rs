@@ -86,6 +86,8 @@ pub async fn run(
             events_per_second: config.limits.tenant_events_per_second,
             burst: config.limits.tenant_burst,
             rate_limited: rate_limited.clone(),
+            source_address_key: config.input.source_address_key.clone(),
+            source_hostname_key: config.input.source_hostname_key.clone(),
         },
     )?;
     let status = Arc::new(http::Status {
@@ -127,6 +129,7 @@ pub async fn run(
         spool: spool.clone(),
         security: handshake::Security::from_config(&config).map(Arc::new),
         admission: Arc::new(admission::Admission::new(&config, counters.clone())),
+        resolve_hostname: !config.input.source_hostname_key.is_empty(),
         idle_timeout: (config.limits.idle_timeout_ms > 0)
             .then(|| Duration::from_millis(config.limits.idle_timeout_ms)),
         request_timeout: (config.limits.request_timeout_ms > 0)

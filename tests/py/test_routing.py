@@ -218,3 +218,26 @@ def test_tail_topic_suffix(start_gateway, start_tail):
     _send(gw, [("t10", None, "t10 a"), ("t1", None, "t1 a"), ("t10", None, "t10 b"),
                ("t1", None, "t1 b"), ("t1", None, "end")])
     assert _tail_until(tail, b"app: end") == [b"app: t1 a", b"app: t1 b", b"app: end"]
+
+
+def test_source_address_and_hostname_keys(start_gateway, subscribe, tmp_path):
+    """input.source_address_key / source_hostname_key add the client's IP and host name
+    (reverse DNS, compared with Python's own lookup) to each record, as Fluentd does."""
+    import json
+    import socket
+
+    cfg = tmp_path / "src.toml"
+    cfg.write_text('[input]\nsource_address_key = "source_ip"\nsource_hostname_key = "source_host"\n'
+                   '[output]\nformat = "json"\n')
+    gw = start_gateway("--config", str(cfg))
+    sub = subscribe(gw, b"tsrc")
+    with gw.connect() as c:
+        c.send(fwd.message("app", 1700000000, {"log": "hi", "TENANT_ID": "tsrc"}, fwd.option(chunk="s")))
+        assert c.recv_exact(len(fwd.ack("s"))) == fwd.ack("s")
+    [m] = sub.recv_n(1)
+    record = json.loads(m[2])["record"]
+    try:
+        want_host = socket.gethostbyaddr("127.0.0.1")[0]
+    except OSError:
+        want_host = "127.0.0.1"
+    assert record == {"source_ip": "127.0.0.1", "source_host": want_host, "log": "hi", "TENANT_ID": "tsrc"}
