@@ -461,7 +461,11 @@ pub struct UserConfig {
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     /// Source address or network, like `10.1.2.3` or `10.0.0.0/8`.
+    #[serde(default)]
     pub network: String,
+    /// Or the client's host name, as its address resolves by reverse DNS.
+    #[serde(default)]
+    pub host: String,
     /// This client's own shared key; empty: the global one.
     #[serde(default)]
     pub shared_key: String,
@@ -591,7 +595,10 @@ impl Config {
             }
         }
         for client in &sec.clients {
-            if parse_network(&client.network).is_none() {
+            if client.network.is_empty() == client.host.is_empty() {
+                return invalid("each security.clients entry needs either network or host".into());
+            }
+            if !client.network.is_empty() && parse_network(&client.network).is_none() {
                 return invalid(format!(
                     "security.clients: {:?} is not an address or network like 10.0.0.0/8",
                     client.network
@@ -613,12 +620,19 @@ impl Config {
         Ok(())
     }
 
-    /// `security.clients[].network` values, parsed.
-    pub fn client_networks(&self) -> Vec<(ipnet::IpNet, String)> {
+    /// `security.clients`, with networks parsed and host names lower-cased.
+    pub fn client_matches(&self) -> Vec<(ClientMatch, String)> {
         self.security
             .clients
             .iter()
-            .filter_map(|c| parse_network(&c.network).map(|n| (n, c.shared_key.clone())))
+            .filter_map(|c| {
+                let m = if c.host.is_empty() {
+                    ClientMatch::Network(parse_network(&c.network)?)
+                } else {
+                    ClientMatch::Host(c.host.to_ascii_lowercase())
+                };
+                Some((m, c.shared_key.clone()))
+            })
             .collect()
     }
 
@@ -639,6 +653,14 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+/// How a `security.clients` entry recognises a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientMatch {
+    Network(ipnet::IpNet),
+    /// A host name, compared case-insensitively with the client's reverse DNS name.
+    Host(String),
 }
 
 /// An address (a network of one) or a network in CIDR notation.

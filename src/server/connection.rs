@@ -284,7 +284,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
         };
         let ip = self.identity.parse().ok();
-        let (pong, outcome) = security.answer(&challenge, ip, &ping);
+        if security.needs_hostname() && self.peer_host.is_none() {
+            self.peer_host = resolve_host(&self.identity).await;
+        }
+        let (pong, outcome) = security.answer(&challenge, ip, self.peer_host.as_deref(), &ping);
         self.stream.write_all(&pong).await?;
         outcome.map_err(ConnectionError::Handshake)
     }

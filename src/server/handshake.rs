@@ -1,9 +1,8 @@
 //! The handshake on a connection, when a shared key is configured: HELO, read the PING
 //! within the timeout, answer PONG, and close on failure.
 
-use crate::config::Config;
+use crate::config::{ClientMatch, Config};
 use crate::forward::handshake::{self, Expect, User};
-use ipnet::IpNet;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ pub struct Security {
     user_auth: bool,
     users: Vec<User>,
     allow_anonymous_source: bool,
-    clients: Vec<(IpNet, String)>,
+    clients: Vec<(ClientMatch, String)>,
     pub timeout: Duration,
 }
 
@@ -51,7 +50,7 @@ impl Security {
                 })
                 .collect(),
             allow_anonymous_source: sec.allow_anonymous_source,
-            clients: config.client_networks(),
+            clients: config.client_matches(),
             timeout: Duration::from_millis(sec.handshake_timeout_ms),
         })
     }
@@ -72,10 +71,20 @@ impl Security {
         handshake::helo(&c.nonce, &c.auth_salt, true)
     }
 
-    /// The shared key for a client at `ip` (unix clients have none), or why it is
-    /// refused.
-    fn key_for(&self, ip: Option<IpAddr>) -> Result<&str, String> {
-        let matched = ip.and_then(|ip| self.clients.iter().find(|(net, _)| net.contains(&ip)));
+    /// True when some `clients` entry names a host, so the client's name is needed.
+    pub fn needs_hostname(&self) -> bool {
+        self.clients
+            .iter()
+            .any(|(m, _)| matches!(m, ClientMatch::Host(_)))
+    }
+
+    /// The shared key for a client at `ip` named `host` (unix clients have neither),
+    /// or why it is refused. The first matching `clients` entry wins.
+    fn key_for(&self, ip: Option<IpAddr>, host: Option<&str>) -> Result<&str, String> {
+        let matched = self.clients.iter().find(|(m, _)| match m {
+            ClientMatch::Network(net) => ip.is_some_and(|ip| net.contains(&ip)),
+            ClientMatch::Host(name) => host.is_some_and(|h| h.eq_ignore_ascii_case(name)),
+        });
         match matched {
             Some((_, key)) if !key.is_empty() => Ok(key),
             Some(_) => Ok(&self.shared_key),
@@ -92,9 +101,10 @@ impl Security {
         &self,
         c: &Challenge,
         ip: Option<IpAddr>,
+        host: Option<&str>,
         ping: &[u8],
     ) -> (Vec<u8>, Result<(), String>) {
-        let checked = self.key_for(ip).and_then(|key| {
+        let checked = self.key_for(ip, host).and_then(|key| {
             let expect = Expect {
                 nonce: &c.nonce,
                 auth_salt: &c.auth_salt,

@@ -200,3 +200,26 @@ def test_node_fluent_logger_with_shared_key_and_user(start_gateway, subscribe, t
         assert r.returncode != 0
     finally:
         s.close(0)
+
+
+def test_client_matched_by_host_name(start_gateway, tmp_path):
+    """A security.clients entry may name the client's host (its reverse DNS name) instead
+    of a network, as Fluentd's <client> host does."""
+    try:
+        name = socket.gethostbyaddr("127.0.0.1")[0]
+    except OSError:
+        name = None
+    gw = start_gateway("--config", config(tmp_path, (
+        '[security]\nshared_key = "global"\nallow_anonymous_source = false\n'
+        'clients = [{ host = "%s", shared_key = "host-key" }]\n' % (name or "no-such-host.invalid").upper())))
+    p = Peer(gw)
+    nonce = p.read_value()[1]["nonce"]
+    pong = p.ping("host-key", nonce=nonce)
+    if name is None:
+        # 127.0.0.1 has no name here, so no entry matches and the source is refused.
+        assert pong[:3] == ["PONG", False, "source 127.0.0.1 is not allowed"]
+    else:
+        assert pong[1] is True, pong
+        p2 = Peer(gw)
+        nonce = p2.read_value()[1]["nonce"]
+        assert p2.ping("global", nonce=nonce)[1] is False, "the host's own key replaces the global one"
