@@ -434,6 +434,9 @@ pub struct SecurityConfig {
     pub clients: Vec<ClientConfig>,
     /// How long a client may take to complete the handshake. Default 5000 ms.
     pub handshake_timeout_ms: u64,
+    /// Announce `keepalive: false` in the HELO and close each connection after its
+    /// first request, as Fluentd's `deny_keepalive`. Default `false`.
+    pub deny_keepalive: bool,
 }
 
 impl Default for SecurityConfig {
@@ -446,6 +449,7 @@ impl Default for SecurityConfig {
             allow_anonymous_source: true,
             clients: Vec::new(),
             handshake_timeout_ms: 5000,
+            deny_keepalive: false,
         }
     }
 }

@@ -222,6 +222,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             while let Some(frame) = self.next_frame()? {
                 let json = matches!(self.framing, Framing::Json(_));
                 self.handle(frame, json).await?;
+                if self
+                    .shared
+                    .security
+                    .as_ref()
+                    .is_some_and(|s| s.deny_keepalive)
+                {
+                    // The HELO said keepalive: false; one request per connection.
+                    return Ok(());
+                }
             }
             let want = if self.buf.is_empty() {
                 IDLE_READ

@@ -15,6 +15,8 @@ pub struct Security {
     allow_anonymous_source: bool,
     clients: Vec<(ClientMatch, String)>,
     pub timeout: Duration,
+    /// Close each connection after its first request (`deny_keepalive`).
+    pub deny_keepalive: bool,
 }
 
 /// What to send first, and how to check the answer, for one connection.
@@ -52,6 +54,7 @@ impl Security {
             allow_anonymous_source: sec.allow_anonymous_source,
             clients: config.client_matches(),
             timeout: Duration::from_millis(sec.handshake_timeout_ms),
+            deny_keepalive: sec.deny_keepalive,
         })
     }
 
@@ -68,7 +71,7 @@ impl Security {
     }
 
     pub fn helo(&self, c: &Challenge) -> Vec<u8> {
-        handshake::helo(&c.nonce, &c.auth_salt, true)
+        handshake::helo(&c.nonce, &c.auth_salt, !self.deny_keepalive)
     }
 
     /// True when some `clients` entry names a host, so the client's name is needed.

@@ -223,3 +223,17 @@ def test_client_matched_by_host_name(start_gateway, tmp_path):
         p2 = Peer(gw)
         nonce = p2.read_value()[1]["nonce"]
         assert p2.ping("global", nonce=nonce)[1] is False, "the host's own key replaces the global one"
+
+
+def test_deny_keepalive(start_gateway, tmp_path):
+    """deny_keepalive: HELO says keepalive false; the connection closes after one request,
+    which is still published and acked."""
+    gw = start_gateway("--config", config(tmp_path, '[security]\nshared_key = "k"\ndeny_keepalive = true\n[shutdown]\ntimeout_ms = 300\n'))
+    p = Peer(gw)
+    helo = p.read_value()[1]
+    assert helo["keepalive"] is False
+    assert p.ping("k", nonce=helo["nonce"])[1] is True
+    p.c.send(message("app", T0, fwd.rec("only one", tenant="tka"), option(chunk="one")))
+    assert p.c.recv_exact(len(ack("one"))) == ack("one")
+    closed, data = p.c.wait_closed(5)
+    assert closed and data == b""
