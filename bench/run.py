@@ -329,7 +329,7 @@ def machine():
         dirty = [l[3:] for l in git("status", "--porcelain", "--", "src", "Cargo.toml").splitlines()]
     load = open("/proc/loadavg").read().split()[:3]
     return dict(cpus=os.cpu_count(), cpu=cpu, mem_gib=round(mem, 1), kernel=platform.release(),
-                rustc=rustc, gateway=GATEWAY, commit=commit,
+                rustc=rustc, gateway=os.path.relpath(GATEWAY, ROOT), commit=commit,
                 src_modified=dirty, loadavg_at_start=load)
 
 
