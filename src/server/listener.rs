@@ -4,11 +4,13 @@
 use super::connection::{serve, Shared};
 use super::{admission, heartbeat, ServerError};
 use crate::config::Config;
+use std::future::Future;
+use std::net::IpAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, UdpSocket, UnixListener};
+use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -117,111 +119,66 @@ impl Listeners {
     ) -> Vec<JoinHandle<()>> {
         let mut tasks = Vec::new();
         for listener in self.tcp {
-            let (tracker, shared, cancel) = (tracker.clone(), shared.clone(), cancel.clone());
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    let accepted = tokio::select! {
-                        r = listener.accept() => r,
-                        _ = cancel.cancelled() => break,
-                    };
-                    match accepted {
-                        Ok((stream, addr)) => {
-                            let Some(place) = admit(&shared, Some(addr.ip()), &addr.to_string())
-                            else {
-                                continue;
-                            };
-                            // Acks are small and clients wait for them (Docker's
-                            // lock-step mode): send them without Nagle's delay.
-                            let _ = stream.set_nodelay(true);
-                            let conn = serve(
-                                stream,
-                                addr.to_string().into(),
-                                addr.ip().to_string().into(),
-                                shared.clone(),
-                                cancel.clone(),
-                            );
-                            tracker.spawn(async move {
-                                conn.await;
-                                drop(place);
-                            });
-                        }
-                        Err(e) => accept_failed(&e).await,
-                    }
-                }
-            }));
+            let (shared2, cancel2) = (shared.clone(), cancel.clone());
+            tasks.push(tokio::spawn(accept_loop(
+                Tcp(listener),
+                tracker.clone(),
+                shared.clone(),
+                cancel.clone(),
+                move |stream, peer, identity| {
+                    serve(stream, peer, identity, shared2.clone(), cancel2.clone())
+                },
+            )));
         }
         for listener in self.tls {
-            let (tracker, shared, cancel) = (tracker.clone(), shared.clone(), cancel.clone());
             let Some(acceptor) = self.acceptor.clone() else {
                 break;
             };
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    let accepted = tokio::select! {
-                        r = listener.accept() => r,
-                        _ = cancel.cancelled() => break,
-                    };
-                    match accepted {
-                        Ok((stream, addr)) => {
-                            let Some(place) = admit(&shared, Some(addr.ip()), &addr.to_string()) else {
-                                continue;
-                            };
-                            let _ = stream.set_nodelay(true);
-                            let (acceptor, shared, cancel) = (acceptor.clone(), shared.clone(), cancel.clone());
-                            // The TLS handshake runs in the connection's own task, so a slow
-                            // client does not hold up the others.
-                            tracker.spawn(async move {
-                                let peer: Arc<str> = addr.to_string().into();
-                                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                                    Ok(Ok(tls)) => {
-                                        serve(tls, peer, addr.ip().to_string().into(), shared, cancel).await
-                                    }
-                                    Ok(Err(e)) => {
-                                        shared.counters.connections_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                        tracing::warn!(peer = %peer, reason = %e, "TLS handshake failed; closing connection");
-                                    }
-                                    Err(_) => {
-                                        shared.counters.connections_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                        tracing::warn!(peer = %peer, "TLS handshake timed out; closing connection");
-                                    }
-                                }
-                                drop(place);
-                            });
-                        }
-                        Err(e) => accept_failed(&e).await,
+            let (shared2, cancel2) = (shared.clone(), cancel.clone());
+            tasks.push(tokio::spawn(accept_loop(
+                Tcp(listener),
+                tracker.clone(),
+                shared.clone(),
+                cancel.clone(),
+                move |stream, peer, identity| {
+                    // The TLS handshake runs in the connection's own task, so a slow
+                    // client does not hold up the others.
+                    let (acceptor, shared, cancel) =
+                        (acceptor.clone(), shared2.clone(), cancel2.clone());
+                    async move {
+                        let reason = match tokio::time::timeout(
+                            TLS_HANDSHAKE_TIMEOUT,
+                            acceptor.accept(stream),
+                        )
+                        .await
+                        {
+                            Ok(Ok(tls)) => return serve(tls, peer, identity, shared, cancel).await,
+                            Ok(Err(e)) => format!("TLS handshake failed: {e}"),
+                            Err(_) => "TLS handshake timed out".to_owned(),
+                        };
+                        shared
+                            .counters
+                            .connections_rejected
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::warn!(peer = %peer, reason = %reason, "closing connection");
                     }
-                }
-            }));
+                },
+            )));
         }
         for (listener, path) in self.unix {
-            let (tracker, shared, cancel) = (tracker.clone(), shared.clone(), cancel.clone());
             let peer: Arc<str> = format!("unix:{}", path.display()).into();
+            let (shared2, cancel2) = (shared.clone(), cancel.clone());
+            let accepting = accept_loop(
+                Unix { listener, peer },
+                tracker.clone(),
+                shared.clone(),
+                cancel.clone(),
+                move |stream, peer, identity| {
+                    serve(stream, peer, identity, shared2.clone(), cancel2.clone())
+                },
+            );
             tasks.push(tokio::spawn(async move {
-                loop {
-                    let accepted = tokio::select! {
-                        r = listener.accept() => r,
-                        _ = cancel.cancelled() => break,
-                    };
-                    match accepted {
-                        Ok((stream, _)) => {
-                            let Some(place) = admit(&shared, None, &peer) else {
-                                continue;
-                            };
-                            let conn = serve(
-                                stream,
-                                peer.clone(),
-                                peer.clone(),
-                                shared.clone(),
-                                cancel.clone(),
-                            );
-                            tracker.spawn(async move {
-                                conn.await;
-                                drop(place);
-                            });
-                        }
-                        Err(e) => accept_failed(&e).await,
-                    }
-                }
+                accepting.await;
                 let _ = std::fs::remove_file(&path);
             }));
         }
@@ -236,10 +193,101 @@ impl Listeners {
     }
 }
 
+/// A new client connection.
+struct Accepted<S> {
+    stream: S,
+    /// Its name in logs.
+    peer: Arc<str>,
+    /// The client across its connections (for duplicate detection).
+    identity: Arc<str>,
+    /// `None` for unix sockets.
+    ip: Option<IpAddr>,
+}
+
+/// A listener of client connections, as the accept loop needs it.
+trait Accept: Send + 'static {
+    type Stream: Send + 'static;
+    fn accept(&self) -> impl Future<Output = std::io::Result<Accepted<Self::Stream>>> + Send;
+}
+
+struct Tcp(TcpListener);
+
+impl Accept for Tcp {
+    type Stream = TcpStream;
+
+    async fn accept(&self) -> std::io::Result<Accepted<TcpStream>> {
+        let (stream, addr) = self.0.accept().await?;
+        // Acks are small and clients wait for them (Docker's lock-step mode): send them
+        // without Nagle's delay.
+        let _ = stream.set_nodelay(true);
+        Ok(Accepted {
+            stream,
+            peer: addr.to_string().into(),
+            identity: addr.ip().to_string().into(),
+            ip: Some(addr.ip()),
+        })
+    }
+}
+
+struct Unix {
+    listener: UnixListener,
+    /// Unix clients have no address: the socket path names them all.
+    peer: Arc<str>,
+}
+
+impl Accept for Unix {
+    type Stream = UnixStream;
+
+    async fn accept(&self) -> std::io::Result<Accepted<UnixStream>> {
+        let (stream, _) = self.listener.accept().await?;
+        Ok(Accepted {
+            stream,
+            peer: self.peer.clone(),
+            identity: self.peer.clone(),
+            ip: None,
+        })
+    }
+}
+
+/// Accepts until `cancel` fires. Each connection that is admitted under the connection
+/// limits runs as `start(stream, peer, identity)` in `tracker`, holding its place until
+/// it ends.
+async fn accept_loop<L, F, Fut>(
+    listener: L,
+    tracker: TaskTracker,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    start: F,
+) where
+    L: Accept,
+    F: Fn(L::Stream, Arc<str>, Arc<str>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = cancel.cancelled() => return,
+        };
+        match accepted {
+            Ok(a) => {
+                let Some(place) = admit(&shared, a.ip, &a.peer) else {
+                    continue;
+                };
+                let conn = start(a.stream, a.peer, a.identity);
+                tracker.spawn(async move {
+                    conn.await;
+                    drop(place);
+                });
+            }
+            Err(e) => accept_failed(&e).await,
+        }
+    }
+}
+
 /// A place under the connection limits for a new connection, or `None` (the refusal is
 /// counted and logged: the first and then every thousandth, so a flood of refused
 /// connections does not flood the log).
-fn admit(shared: &Shared, ip: Option<std::net::IpAddr>, peer: &str) -> Option<admission::Ticket> {
+fn admit(shared: &Shared, ip: Option<IpAddr>, peer: &str) -> Option<admission::Ticket> {
     match shared.admission.admit(ip) {
         Ok(place) => Some(place),
         Err(reason) => {
