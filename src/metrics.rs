@@ -258,31 +258,29 @@ pub fn render(c: &Counters, tenants: &TenantCounts, rate_limited: &TenantCounts)
         get(&c.events_dropped_no_subscriber),
         get(&c.events_dropped_rate_limit),
     );
-    let _ = writeln!(
-        out,
-        "# HELP fwdgate_tenant_events_total Events published per tenant (tenants past the cap are summed as \"{OTHER_TENANTS}\").\n\
-         # TYPE fwdgate_tenant_events_total counter"
+    tenant_family(
+        &mut out,
+        "fwdgate_tenant_events_total",
+        &format!(
+            "Events published per tenant (tenants past the cap are summed as \"{OTHER_TENANTS}\")."
+        ),
+        tenants,
     );
-    for (tenant, n) in tenants.snapshot() {
-        let _ = writeln!(
-            out,
-            "fwdgate_tenant_events_total{{tenant=\"{}\"}} {n}",
-            escape_label(&tenant)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP fwdgate_tenant_events_rate_limited_total Events dropped by the per-tenant rate limit, per tenant.\n\
-         # TYPE fwdgate_tenant_events_rate_limited_total counter"
+    tenant_family(
+        &mut out,
+        "fwdgate_tenant_events_rate_limited_total",
+        "Events dropped by the per-tenant rate limit, per tenant.",
+        rate_limited,
     );
-    for (tenant, n) in rate_limited.snapshot() {
-        let _ = writeln!(
-            out,
-            "fwdgate_tenant_events_rate_limited_total{{tenant=\"{}\"}} {n}",
-            escape_label(&tenant)
-        );
-    }
     out
+}
+
+/// Writes a counter family with one series per tenant.
+fn tenant_family(out: &mut String, name: &str, help: &str, counts: &TenantCounts) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (tenant, n) in counts.snapshot() {
+        let _ = writeln!(out, "{name}{{tenant=\"{}\"}} {n}", escape_label(&tenant));
+    }
 }
 
 /// Escapes a label value as the exposition format requires.
