@@ -45,7 +45,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("cannot start the async runtime")?;
             runtime.block_on(async move {
                 reopen_on_sighup(log_file)?;
-                fwdgate::server::run(config, shutdown_signal()).await?;
+                // The handlers are installed before the gateway reports ready, so a
+                // SIGTERM sent right after "fwdgate ready" drains instead of killing.
+                let shutdown = shutdown_signal()?;
+                fwdgate::server::run(config, shutdown).await?;
                 Ok(())
             })
         }
@@ -93,27 +96,25 @@ fn reopen_on_sighup(log_file: Option<LogFile>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Completes on the first SIGTERM or SIGINT, which starts a graceful drain. A second
-/// signal during the drain ends the process at once.
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now and returns a future that completes on
+/// the first of them, which starts a graceful drain. A second signal during the drain
+/// ends the process at once.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
-    tokio::spawn(async move {
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    Ok(async move {
         tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
         }
-        tracing::warn!("second signal received: exiting without finishing the drain");
-        std::process::exit(1);
-    });
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::warn!("second signal received: exiting without finishing the drain");
+            std::process::exit(1);
+        });
+    })
 }

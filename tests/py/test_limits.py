@@ -23,7 +23,8 @@ def config(tmp_path, text):
 def stopped(gw):
     gw.stop()
     raw = gw.wait_log(lambda raw, obj: "fwdgate stopped" in raw, timeout=10)
-    assert raw is not None
+    assert raw is not None, "no 'fwdgate stopped' line (exit %r); log:\n%s" % (
+        gw.proc.returncode, gw.stderr_text()[-3000:])
     return raw
 
 

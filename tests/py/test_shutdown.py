@@ -103,3 +103,13 @@ def test_sigterm_finishes_a_request_already_begun(start_gateway, subscribe):
     got = sub.recv_n(2)
     assert got[1] == [b"tbegun", b"default", b"app: begun before SIGTERM"]
     assert gw.proc.wait(10) == 0
+
+
+def test_sigterm_right_after_ready_drains(start_gateway):
+    """The signal handlers are in place before the ready line: a SIGTERM sent the moment
+    the gateway reports ready starts the drain instead of killing the process."""
+    for _ in range(20):
+        gw = start_gateway()
+        gw.proc.send_signal(signal.SIGTERM)
+        assert gw.proc.wait(10) == 0, "SIGTERM right after ready killed the gateway"
+        assert gw.wait_log(lambda raw, obj: "fwdgate stopped" in raw, timeout=5) is not None
