@@ -1,6 +1,7 @@
 //! One client connection: read, find complete requests, decode, route, hand each
 //! request's events to the publisher in one batch, then ack.
 
+use super::handoff::Handoff;
 use super::handshake::Security;
 use crate::batch::{build_batch, BatchLimits};
 use crate::dedup::Dedup;
@@ -8,7 +9,7 @@ use crate::forward::ack::{encode_ack, encode_json_ack};
 use crate::forward::compression::DecompressError;
 use crate::forward::json::{json_to_msgpack, starts_json, JsonError, JsonScanner};
 use crate::forward::msgpack::Cursor;
-use crate::forward::{decode_request, Limits, RequestError, ScanError, Scanner};
+use crate::forward::{decode_request, Compression, Limits, RequestError, ScanError, Scanner};
 use crate::metrics::Counters;
 use crate::partial::{JoinLimits, Joiner};
 use crate::publish::json::write_value;
@@ -126,7 +127,7 @@ pub async fn serve<S>(
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Readiness + Unpin,
 {
     shared
         .counters
@@ -188,7 +189,7 @@ enum Framing {
     Json(JsonScanner),
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+impl<S: AsyncRead + AsyncWrite + Readiness + Unpin> Connection<S> {
     /// Reads and handles requests until the client closes, bad input, or `cancel`;
     /// then publishes any split lines still held.
     async fn run(&mut self, cancel: &CancellationToken) -> Result<(), ConnectionError> {
@@ -218,31 +219,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn read_loop(&mut self, cancel: &CancellationToken) -> Result<(), ConnectionError> {
         let mut last_read = Instant::now();
         let mut request_started: Option<Instant> = None;
+        let one_request = self
+            .shared
+            .security
+            .as_ref()
+            .is_some_and(|s| s.deny_keepalive);
         loop {
-            while let Some(frame) = self.next_frame()? {
-                let json = matches!(self.framing, Framing::Json(_));
-                self.handle(frame, json).await?;
-                if self
-                    .shared
-                    .security
-                    .as_ref()
-                    .is_some_and(|s| s.deny_keepalive)
-                {
-                    // The HELO said keepalive: false; one request per connection.
-                    return Ok(());
-                }
+            if self.handle_buffered(one_request).await? && one_request {
+                // The HELO said keepalive: false; one request per connection.
+                return Ok(());
             }
-            let want = if self.buf.is_empty() {
-                IDLE_READ
-            } else {
-                BUSY_READ
-            };
-            self.buf.reserve(want);
             let deadline = self.joiner.as_ref().and_then(Joiner::next_deadline);
             // An idle connection may wait `idle_timeout`; a request that has begun must
             // be complete within `request_timeout` of its first byte.
-            let limit = if self.buf.is_empty() {
+            let idle = self.buf.is_empty();
+            let limit = if idle {
                 request_started = None;
+                // Thousands of idle Docker connections are common: hold no read buffer
+                // while waiting for the next request.
+                self.buf = BytesMut::new();
                 self.shared.idle_timeout.map(|t| (last_read + t, true))
             } else {
                 let started = *request_started.get_or_insert(last_read);
@@ -250,9 +245,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             };
             // On shutdown, a request already begun is read to its end first (the server
             // bounds how long it waits for that).
-            let idle = self.buf.is_empty();
             let n = tokio::select! {
-                r = self.stream.read_buf(&mut self.buf) => r?,
+                r = read_when_ready(&mut self.stream, &mut self.buf) => r?,
                 _ = cancel.cancelled(), if idle => return Ok(()),
                 _ = sleep_until_opt(deadline) => {
                     self.publish_expired().await?;
@@ -346,9 +340,95 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
-    async fn handle(&mut self, frame: Bytes, json: bool) -> Result<(), ConnectionError> {
+    /// Handles every complete request in the buffer (only the first when `one_request`);
+    /// true when there was one. Requests read together are handed off together.
+    async fn handle_buffered(&mut self, one_request: bool) -> Result<bool, ConnectionError> {
+        if let Framing::Unknown = self.framing {
+            let Some(&first) = self.buf.first() else {
+                return Ok(false);
+            };
+            let limits = self.shared.limits;
+            self.framing = if starts_json(first) {
+                Framing::Json(JsonScanner::new(limits.max_size))
+            } else {
+                Framing::Msgpack(Scanner::new(limits))
+            };
+        }
+        let Framing::Msgpack(scanner) = &mut self.framing else {
+            // JSON requests are re-encoded one by one; they are rare and never small.
+            let mut any = false;
+            while let Some(frame) = self.next_frame()? {
+                let len = frame.len();
+                self.handle_region(frame, &[len], true).await?;
+                any = true;
+                if one_request {
+                    break;
+                }
+            }
+            return Ok(any);
+        };
+        let mut ends = Vec::new();
+        let mut scanned = Ok(());
+        let mut at = 0;
+        while ends.is_empty() || !one_request {
+            match scanner.scan(&self.buf[at..]) {
+                Ok(Some(n)) => {
+                    at += n;
+                    ends.push(at);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    scanned = Err(e);
+                    break;
+                }
+            }
+        }
+        if at > 0 {
+            let region = self.buf.split_to(at).freeze();
+            self.handle_region(region, &ends, false).await?;
+        }
+        // Requests before a malformed one are handled (and acked) before it closes the
+        // connection.
+        scanned?;
+        Ok(at > 0)
+    }
+
+    /// Handles the requests of `region`, each ending at one of `ends`, then hands their
+    /// events to the publisher and writes their acks. A request that cannot be decoded
+    /// ends the connection after the ones before it are handed off.
+    async fn handle_region(
+        &mut self,
+        region: Bytes,
+        ends: &[usize],
+        json: bool,
+    ) -> Result<(), ConnectionError> {
+        let mut handoff = Handoff::default();
+        let mut at = 0;
+        for &end in ends {
+            if let Err(e) = self.handle(&region, at..end, json, &mut handoff).await {
+                self.hand_off(&mut handoff).await?;
+                return Err(e);
+            }
+            at = end;
+            if handoff.is_full() {
+                self.hand_off(&mut handoff).await?;
+            }
+        }
+        self.hand_off(&mut handoff).await
+    }
+
+    /// Decodes and routes the request at `range` of `region` into `handoff`.
+    async fn handle(
+        &mut self,
+        region: &Bytes,
+        range: std::ops::Range<usize>,
+        json: bool,
+        handoff: &mut Handoff,
+    ) -> Result<(), ConnectionError> {
         let shared = self.shared.clone();
         let counters = &shared.counters;
+        let at = range.start;
+        let frame = region.slice(range);
         if frame[..] == [0xc0] {
             counters.heartbeats.fetch_add(1, Ordering::Relaxed);
             return Ok(());
@@ -367,11 +447,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         });
         let dedup = shared.dedup.as_ref().zip(chunk.as_ref());
         if let Some((dedup, chunk)) = dedup {
-            if dedup.seen(&self.identity, chunk) {
+            if dedup.seen(&self.identity, chunk) || handoff.holds_chunk(chunk) {
                 // A resend after a lost ack: accepted before, so ack it again only.
                 counters.requests_duplicate.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(peer = %self.peer, "duplicate chunk acked again, not republished");
-                return self.write_ack(ack).await;
+                if let Some(ack) = ack {
+                    handoff.ack(ack, None);
+                }
+                return Ok(());
             }
         }
         if request.options.signal != 0 {
@@ -397,33 +480,90 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     // On disk before the ack: a crash from here on loses nothing acked.
                     batch.spooled.push(spool.append(&self.peer, frame).await?);
                 }
-                let batches = match &mut self.joiner {
-                    Some(joiner) => joiner.offer(batch, &shared.router),
-                    None => vec![batch],
-                };
-                for batch in batches {
-                    shared
-                        .publisher
-                        .send(batch)
-                        .await
-                        .map_err(|_| ConnectionError::PublisherClosed)?;
+                let uncompressed = request.options.compressed == Compression::None;
+                match &mut self.joiner {
+                    Some(joiner) => joiner
+                        .offer(batch, &shared.router)
+                        .into_iter()
+                        .for_each(|b| handoff.push(b)),
+                    // The batch's spans index the request's own bytes: it can join the
+                    // batch of the requests before it.
+                    None if uncompressed => handoff.merge(batch, region, at),
+                    None => handoff.push(batch),
                 }
             }
         }
-        if let Some((dedup, chunk)) = dedup {
-            dedup.remember(&self.identity, chunk);
+        if let Some(ack) = ack {
+            let remember = shared.dedup.as_ref().and(chunk);
+            handoff.ack(ack, remember);
         }
-        self.write_ack(ack).await
+        Ok(())
     }
 
-    async fn write_ack(&mut self, ack: Option<Vec<u8>>) -> Result<(), ConnectionError> {
-        if let Some(ack) = ack {
-            self.stream.write_all(&ack).await?;
+    /// Sends the batches of `handoff` to the publisher, then writes the acks of their
+    /// requests and remembers their chunk ids: a request is acked only once its events
+    /// are with the publisher (and in the spool, when there is one).
+    async fn hand_off(&mut self, handoff: &mut Handoff) -> Result<(), ConnectionError> {
+        for batch in handoff.take_batches() {
+            self.shared
+                .publisher
+                .send(batch)
+                .await
+                .map_err(|_| ConnectionError::PublisherClosed)?;
+        }
+        if let Some(dedup) = &self.shared.dedup {
+            for chunk in handoff.chunks.drain(..) {
+                dedup.remember(&self.identity, &chunk);
+            }
+        }
+        if handoff.ack_count > 0 {
+            self.stream.write_all(&handoff.acks).await?;
             self.shared
                 .counters
                 .acks_sent
-                .fetch_add(1, Ordering::Relaxed);
+                .fetch_add(handoff.ack_count, Ordering::Relaxed);
+            handoff.acks.clear();
+            handoff.ack_count = 0;
         }
+        Ok(())
+    }
+}
+
+/// Reads into `buf` once the stream is readable. An empty `buf` gets its space only
+/// then, so a connection waiting for its next request holds no buffer.
+async fn read_when_ready<S>(stream: &mut S, buf: &mut BytesMut) -> std::io::Result<usize>
+where
+    S: AsyncRead + Readiness + Unpin,
+{
+    if buf.is_empty() {
+        stream.ready_to_read().await?;
+        buf.reserve(IDLE_READ);
+    } else {
+        buf.reserve(BUSY_READ);
+    }
+    stream.read_buf(buf).await
+}
+
+/// Waits until a read will not block, without a buffer.
+pub trait Readiness {
+    fn ready_to_read(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+}
+
+impl Readiness for tokio::net::TcpStream {
+    async fn ready_to_read(&self) -> std::io::Result<()> {
+        self.readable().await
+    }
+}
+
+impl Readiness for tokio::net::UnixStream {
+    async fn ready_to_read(&self) -> std::io::Result<()> {
+        self.readable().await
+    }
+}
+
+impl Readiness for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    /// TLS may hold decrypted bytes already read from the socket: read at once.
+    async fn ready_to_read(&self) -> std::io::Result<()> {
         Ok(())
     }
 }

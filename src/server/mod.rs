@@ -3,6 +3,7 @@
 
 mod admission;
 pub mod connection;
+mod handoff;
 mod handshake;
 mod heartbeat;
 mod http;

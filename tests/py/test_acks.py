@@ -204,3 +204,40 @@ def test_null_format_acks_and_publishes_nothing(start_gateway, subscribe):
     assert stopped is not None, gw.stderr_text()
     assert re.search(r"events_published=0 events_discarded=100 ", stopped), stopped
     assert re.search(r"acks=100 ", stopped), stopped
+
+
+def test_requests_read_together_keep_order_and_acks(gw, sub):
+    """One write of Message requests with two tags, a heartbeat, Forward and gzip
+    PackedForward: the gateway hands them off together, yet every line arrives in
+    request order and every ack in request order, each exactly once."""
+    packed = entry_stream([(T0, fwd.rec("packed 1")), (T0, fwd.rec("packed 2"))])
+    requests = [
+        message("app", T0, fwd.rec("m1"), option(chunk="k1")),
+        message("app", T0, fwd.rec("m2")),
+        b"\xc0",
+        message("web", T0, fwd.rec("m3"), option(chunk="k2")),
+        message("app", T0, fwd.rec("m4"), option(chunk="k3")),
+        forward("fwd", [(T0, fwd.rec("f1")), (T0, fwd.rec("f2"))], option(chunk="k4")),
+        packed_forward("gz", fwd.gzip_members(packed), option(chunk="k5", compressed="gzip")),
+        message("app", T0, fwd.rec("m5"), option(chunk="k6")),
+    ]
+    expected_acks = b"".join(ack("k%d" % i) for i in range(1, 7))
+    with gw.connect() as c:
+        c.send(b"".join(requests))
+        assert c.recv_exact(len(expected_acks)) == expected_acks
+        assert c.read_available(0.2) == b""
+    lines = [m[2] for m in sub.recv_n(9)]
+    assert lines == [b"app: m1", b"app: m2", b"web: m3", b"app: m4", b"fwd: f1", b"fwd: f2",
+                     b"gz: packed 1", b"gz: packed 2", b"app: m5"]
+    assert sub.sync(gw) == []
+
+
+def test_chunk_resent_in_the_same_write_is_published_once(gw, sub):
+    """A resend that arrives in the same read as the original is acked twice and
+    published once."""
+    data = message("app", T0, fwd.rec("twice in one write"), option(chunk="same-read"))
+    with gw.connect() as c:
+        c.send(data + data)
+        assert c.recv_exact(2 * len(ack("same-read"))) == 2 * ack("same-read")
+    assert sub.recv_n(1) == [seed("default", "default", "app", "twice in one write")]
+    assert sub.sync(gw) == [], "the resend was published again"

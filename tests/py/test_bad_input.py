@@ -112,6 +112,25 @@ def test_valid_request_then_garbage(gw, sub, good):
     assert gw.wait_log(Gateway.is_warn_about(peer), timeout=5) is not None
 
 
+def test_valid_requests_and_garbage_in_one_write(gw, sub, good):
+    """Requests read in the same write as garbage after them are still published and
+    acked before the connection is closed."""
+    bad = gw.connect()
+    peer = bad.local
+    valid = b"".join(message("bad", T0, fwd.rec("valid %d" % i, tenant="tbad"), option(chunk="v%d" % i))
+                     for i in range(3))
+    bad.send_tolerant(valid + b"\xc1" + message("bad", T0, fwd.rec("after garbage", tenant="tbad")))
+    expected = b"".join(ack("v%d" % i) for i in range(3))
+    assert bad.recv_exact(len(expected)) == expected
+    closed, data = bad.wait_closed(5)
+    bad.close()
+    assert closed and data == b""
+    assert sub.recv_n(3) == [[b"tbad", b"default", b"bad: valid %d" % i] for i in range(3)]
+    good.roundtrip()
+    assert sub.sync(gw) == []
+    assert gw.wait_log(Gateway.is_warn_about(peer), timeout=5) is not None
+
+
 def test_truncated_frame_then_client_closes(gw, sub, good):
     data = message("trunc", T0, fwd.rec("never complete", tenant="tbad"), option(chunk="t1"))
     bad = gw.connect()

@@ -1,0 +1,234 @@
+//! What the requests of one read leave to do once they are decoded: their events, merged
+//! into as few batches as possible, and the acks to send once those batches are with
+//! the publisher.
+//!
+//! Clients in Message mode (fluent-logger libraries, Docker's async mode) send one
+//! small request per record, and one read often holds a hundred of them. Handing each
+//! to the publisher alone costs a queue operation, a thread wakeup and an allocation
+//! per record; merged, the cost is paid once per read.
+
+use crate::publish::Batch;
+use crate::route::{Line, Routed, Span};
+use bytes::Bytes;
+
+/// A merged batch is handed off once it holds this many events or bytes, so that one
+/// read of many requests still reaches subscribers in bounded pieces.
+const MAX_EVENTS: usize = 4096;
+const MAX_BYTES: usize = 1 << 20;
+
+/// The batches, acks and chunk ids of the requests handled since the last hand-off.
+#[derive(Default)]
+pub struct Handoff {
+    /// Complete batches, in request order, to send before `merging`.
+    ready: Vec<Batch>,
+    /// The batch being merged from consecutive requests of one read.
+    merging: Option<Merging>,
+    /// Acks to write once every batch above is with the publisher, in request order.
+    pub acks: Vec<u8>,
+    /// How many acks `acks` holds.
+    pub ack_count: u64,
+    /// Chunk ids to remember as accepted once their batches are handed off.
+    pub chunks: Vec<Bytes>,
+}
+
+/// A batch whose data is `region[start..]` up to the end of its last request.
+struct Merging {
+    batch: Batch,
+    region: Bytes,
+    start: usize,
+}
+
+impl Handoff {
+    /// Adds the batch of a request whose bytes are `region[at..at + batch.data.len()]`
+    /// and whose spans index those bytes (an uncompressed request). It joins the batch
+    /// being merged when both come from the same region and have the same tag; requests
+    /// in between that published nothing (heartbeats, duplicates) are simply covered.
+    pub fn merge(&mut self, batch: Batch, region: &Bytes, at: usize) {
+        if let Some(m) = &mut self.merging {
+            let same_tag = m.batch.tag.get(&m.batch.data) == batch.tag.get(&batch.data);
+            let end = at + batch.data.len();
+            if same_tag && m.region.as_ptr() == region.as_ptr() && end - m.start <= MAX_BYTES {
+                let shift = (at - m.start) as u32;
+                m.batch.data = region.slice(m.start..end);
+                m.batch
+                    .events
+                    .extend(batch.events.iter().map(|e| shifted(e, shift)));
+                m.batch.spooled.extend(batch.spooled);
+                return;
+            }
+        }
+        self.close_merging();
+        self.merging = Some(Merging {
+            batch,
+            region: region.clone(),
+            start: at,
+        });
+    }
+
+    /// Adds a batch that cannot be merged (its data is not the request's bytes).
+    pub fn push(&mut self, batch: Batch) {
+        self.close_merging();
+        self.ready.push(batch);
+    }
+
+    /// Queues an ack and, when duplicates are tracked, the chunk id it acknowledges.
+    pub fn ack(&mut self, ack: Vec<u8>, chunk: Option<Bytes>) {
+        self.acks.extend_from_slice(&ack);
+        self.ack_count += 1;
+        self.chunks.extend(chunk);
+    }
+
+    /// True when `chunk` was accepted earlier in this hand-off (a resend read together
+    /// with the original).
+    pub fn holds_chunk(&self, chunk: &[u8]) -> bool {
+        self.chunks.iter().any(|c| c[..] == *chunk)
+    }
+
+    /// True when it is time to hand off before taking more requests.
+    pub fn is_full(&self) -> bool {
+        let merged = self.merging.as_ref().map_or(0, |m| m.batch.events.len());
+        let ready: usize = self.ready.iter().map(|b| b.events.len()).sum();
+        merged + ready >= MAX_EVENTS
+    }
+
+    /// The batches to send, in request order; the acks and chunks stay.
+    pub fn take_batches(&mut self) -> Vec<Batch> {
+        self.close_merging();
+        std::mem::take(&mut self.ready)
+    }
+
+    fn close_merging(&mut self) {
+        if let Some(m) = self.merging.take() {
+            self.ready.push(m.batch);
+        }
+    }
+}
+
+/// `e` with every span moved `by` bytes later.
+fn shifted(e: &Routed, by: u32) -> Routed {
+    let s = |span: Span| Span {
+        start: span.start + by,
+        end: span.end + by,
+    };
+    Routed {
+        time: e.time,
+        tenant: e.tenant.map(s),
+        service: e.service.map(s),
+        container: s(e.container),
+        line: match e.line {
+            Line::Bytes(span) => Line::Bytes(s(span)),
+            Line::Json(span) => Line::Json(s(span)),
+        },
+        record: s(e.record),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{build_batch, BatchLimits};
+    use crate::config::RouteConfig;
+    use crate::forward::decode_request;
+    use crate::route::Router;
+    use std::sync::Arc;
+
+    const LIMITS: BatchLimits = BatchLimits {
+        max_depth: 32,
+        max_decompressed: 1 << 20,
+    };
+
+    /// A Message request: `[tag, 1700000000, {"log": line, "TENANT_ID": tenant}]`.
+    fn message(tag: &str, line: &str, tenant: &str) -> Vec<u8> {
+        let mut f = vec![0x93, 0xa0 | tag.len() as u8];
+        f.extend_from_slice(tag.as_bytes());
+        f.extend_from_slice(&[0xce, 0x65, 0x53, 0xf1, 0x00, 0x82, 0xa3]);
+        f.extend_from_slice(b"log");
+        f.push(0xa0 | line.len() as u8);
+        f.extend_from_slice(line.as_bytes());
+        f.push(0xa9);
+        f.extend_from_slice(b"TENANT_ID");
+        f.push(0xa0 | tenant.len() as u8);
+        f.extend_from_slice(tenant.as_bytes());
+        f
+    }
+
+    /// Routes every request of `region` and merges them; returns the batches.
+    fn merged(region: &Bytes, ends: &[usize]) -> Vec<Batch> {
+        let router = Router::new(&RouteConfig::default()).unwrap();
+        let peer: Arc<str> = "test".into();
+        let mut h = Handoff::default();
+        let mut at = 0;
+        for &end in ends {
+            let frame = region.slice(at..end);
+            let request = decode_request(&frame).unwrap();
+            let (batch, _) = build_batch(frame, &request, &router, LIMITS, &peer).unwrap();
+            h.merge(batch.unwrap(), region, at);
+            at = end;
+        }
+        h.take_batches()
+    }
+
+    fn lines(b: &Batch) -> Vec<(&[u8], &[u8])> {
+        b.events
+            .iter()
+            .map(|e| {
+                let Line::Bytes(line) = e.line else {
+                    panic!("line is not a string")
+                };
+                (e.tenant.unwrap().get(&b.data), line.get(&b.data))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn requests_with_one_tag_become_one_batch_with_shifted_spans() {
+        let mut bytes = message("app", "one", "t1");
+        let first = bytes.len();
+        bytes.extend(message("app", "two", "t2"));
+        let second = bytes.len();
+        bytes.extend(message("app", "three", "t1"));
+        let region = Bytes::from(bytes);
+        let batches = merged(&region, &[first, second, region.len()]);
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0].data, region);
+        assert_eq!(batches[0].tag.get(&batches[0].data), b"app");
+        assert_eq!(
+            lines(&batches[0]),
+            [
+                (&b"t1"[..], &b"one"[..]),
+                (b"t2", b"two"),
+                (b"t1", b"three")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_new_tag_starts_a_new_batch() {
+        let mut bytes = message("app", "one", "t1");
+        let first = bytes.len();
+        bytes.extend(message("web", "two", "t1"));
+        let second = bytes.len();
+        bytes.extend(message("web", "three", "t1"));
+        let region = Bytes::from(bytes);
+        let batches = merged(&region, &[first, second, region.len()]);
+        assert_eq!(batches.len(), 2);
+        assert_eq!(batches[0].tag.get(&batches[0].data), b"app");
+        assert_eq!(lines(&batches[0]), [(&b"t1"[..], &b"one"[..])]);
+        assert_eq!(batches[1].tag.get(&batches[1].data), b"web");
+        assert_eq!(
+            lines(&batches[1]),
+            [(&b"t1"[..], &b"two"[..]), (b"t1", b"three")]
+        );
+    }
+
+    #[test]
+    fn acks_and_chunks_are_kept_in_order() {
+        let mut h = Handoff::default();
+        h.ack(vec![1, 2], Some(Bytes::from_static(b"c1")));
+        h.ack(vec![3], None);
+        assert_eq!(h.acks, [1, 2, 3]);
+        assert_eq!(h.ack_count, 2);
+        assert!(h.holds_chunk(b"c1"));
+        assert!(!h.holds_chunk(b"c2"));
+    }
+}
