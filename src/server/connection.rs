@@ -120,10 +120,12 @@ const BUSY_READ: usize = 64 * 1024;
 /// fires (then requests already read are finished first). Logs the outcome.
 /// `peer` names the connection in logs; `identity` names the client across its
 /// connections (its IP address, or the unix socket path) for duplicate detection.
+/// `place` is the connection's place under the connection limits, given back at the end.
 pub async fn serve<S>(
     stream: S,
     peer: Arc<str>,
     identity: Arc<str>,
+    place: super::admission::Ticket,
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) where
@@ -167,6 +169,7 @@ pub async fn serve<S>(
         Err(e) => tracing::info!(peer = %peer, reason = %e, "connection ended"),
     }
     Counters::decrease(&conn.shared.counters.connections_active, 1);
+    drop(place);
 }
 
 struct Connection<S> {

@@ -125,8 +125,15 @@ impl Listeners {
                 tracker.clone(),
                 shared.clone(),
                 cancel.clone(),
-                move |stream, peer, identity| {
-                    serve(stream, peer, identity, shared2.clone(), cancel2.clone())
+                move |stream, peer, identity, place| {
+                    serve(
+                        stream,
+                        peer,
+                        identity,
+                        place,
+                        shared2.clone(),
+                        cancel2.clone(),
+                    )
                 },
             )));
         }
@@ -140,7 +147,7 @@ impl Listeners {
                 tracker.clone(),
                 shared.clone(),
                 cancel.clone(),
-                move |stream, peer, identity| {
+                move |stream, peer, identity, place| {
                     // The TLS handshake runs in the connection's own task, so a slow
                     // client does not hold up the others.
                     let (acceptor, shared, cancel) =
@@ -152,7 +159,9 @@ impl Listeners {
                         )
                         .await
                         {
-                            Ok(Ok(tls)) => return serve(tls, peer, identity, shared, cancel).await,
+                            Ok(Ok(tls)) => {
+                                return serve(tls, peer, identity, place, shared, cancel).await
+                            }
                             Ok(Err(e)) => format!("TLS handshake failed: {e}"),
                             Err(_) => "TLS handshake timed out".to_owned(),
                         };
@@ -173,8 +182,15 @@ impl Listeners {
                 tracker.clone(),
                 shared.clone(),
                 cancel.clone(),
-                move |stream, peer, identity| {
-                    serve(stream, peer, identity, shared2.clone(), cancel2.clone())
+                move |stream, peer, identity, place| {
+                    serve(
+                        stream,
+                        peer,
+                        identity,
+                        place,
+                        shared2.clone(),
+                        cancel2.clone(),
+                    )
                 },
             );
             tasks.push(tokio::spawn(async move {
@@ -250,8 +266,8 @@ impl Accept for Unix {
 }
 
 /// Accepts until `cancel` fires. Each connection that is admitted under the connection
-/// limits runs as `start(stream, peer, identity)` in `tracker`, holding its place until
-/// it ends.
+/// limits runs as `start(stream, peer, identity, place)` in `tracker`, holding its
+/// place until it ends.
 async fn accept_loop<L, F, Fut>(
     listener: L,
     tracker: TaskTracker,
@@ -260,7 +276,7 @@ async fn accept_loop<L, F, Fut>(
     start: F,
 ) where
     L: Accept,
-    F: Fn(L::Stream, Arc<str>, Arc<str>) -> Fut,
+    F: Fn(L::Stream, Arc<str>, Arc<str>, admission::Ticket) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -273,11 +289,9 @@ async fn accept_loop<L, F, Fut>(
                 let Some(place) = admit(&shared, a.ip, &a.peer) else {
                     continue;
                 };
-                let conn = start(a.stream, a.peer, a.identity);
-                tracker.spawn(async move {
-                    conn.await;
-                    drop(place);
-                });
+                // The connection's future holds its place: wrapping it in another
+                // future instead would store it twice (the task's largest cost).
+                tracker.spawn(start(a.stream, a.peer, a.identity, place));
             }
             Err(e) => accept_failed(&e).await,
         }
