@@ -94,32 +94,13 @@ impl Encoder {
     ) -> Result<(), S::Error> {
         let data = &batch.data[..];
         let tenant = ev.tenant.map_or(&self.default_tenant[..], |s| s.get(data));
-        if self.topic_suffix.is_empty() {
-            sink.frame(tenant, true)?;
-        } else {
-            self.topic.clear();
-            self.topic.extend_from_slice(tenant);
-            self.topic.extend_from_slice(&self.topic_suffix);
-            sink.frame(&self.topic, true)?;
-        }
         let service = ev
             .service
             .map_or(&self.default_service[..], |s| s.get(data));
-        sink.frame(service, true)?;
+        send_route(sink, &mut self.topic, &self.topic_suffix, tenant, service)?;
         match self.format {
             Format::Seed => {
-                let id = ev.container.get(data);
-                let line = match ev.line {
-                    Line::Bytes(s) => s.get(data),
-                    Line::Json(s) => {
-                        self.body.clear();
-                        let bytes = s.get(data);
-                        if write_value(&mut self.body, &mut Cursor::new(bytes), bytes).is_err() {
-                            self.body.clear();
-                        }
-                        &self.body[..]
-                    }
-                };
+                let (id, line) = seed_line(data, ev, &mut self.body);
                 let len = id.len() + 2 + line.len();
                 sink.last_frame_with(len, &mut |buf: &mut [u8]| {
                     let (a, rest) = buf.split_at_mut(id.len());
@@ -153,14 +134,11 @@ impl Encoder {
         self.raw.clear();
         let record = ev.record.get(data);
         let record_at = out.len();
-        let address = source_address(&batch.peer);
-        let mut extra: Vec<(&str, &str)> = Vec::new();
-        if let Some(key) = &self.source_address_key {
-            extra.push((key, address));
-        }
-        if let Some(key) = &self.source_hostname_key {
-            extra.push((key, batch.peer_host.as_deref().unwrap_or(address)));
-        }
+        let extra = source_pairs(
+            batch,
+            self.source_address_key.as_deref(),
+            self.source_hostname_key.as_deref(),
+        );
         if write_record(out, record, &mut self.raw, &extra).is_err() {
             // The record was validated when it was scanned; keep the output valid JSON
             // even so.
@@ -183,6 +161,66 @@ impl Encoder {
         }
         out.push(b'}');
     }
+}
+
+/// The two parts of an event's `seed` line, `<container id>: <line>`: the container id,
+/// and the line, which is either bytes of `data` or JSON rendered into `scratch`.
+pub fn seed_line<'a>(
+    data: &'a [u8],
+    ev: &Routed,
+    scratch: &'a mut Vec<u8>,
+) -> (&'a [u8], &'a [u8]) {
+    let id = ev.container.get(data);
+    let line = match ev.line {
+        Line::Bytes(s) => s.get(data),
+        Line::Json(s) => {
+            scratch.clear();
+            let bytes = s.get(data);
+            if write_value(scratch, &mut Cursor::new(bytes), bytes).is_err() {
+                scratch.clear();
+            }
+            &scratch[..]
+        }
+    };
+    (id, line)
+}
+
+/// Sends the first two frames of a message: the tenant (with the topic suffix) and the
+/// service.
+fn send_route<S: Sink>(
+    sink: &mut S,
+    topic: &mut Vec<u8>,
+    topic_suffix: &[u8],
+    tenant: &[u8],
+    service: &[u8],
+) -> Result<(), S::Error> {
+    if topic_suffix.is_empty() {
+        sink.frame(tenant, true)?;
+    } else {
+        topic.clear();
+        topic.extend_from_slice(tenant);
+        topic.extend_from_slice(topic_suffix);
+        sink.frame(topic, true)?;
+    }
+    sink.frame(service, true)
+}
+
+/// The pairs `input.source_address_key` and `input.source_hostname_key` add to each
+/// record of a batch (empty, without allocating, when neither is set).
+fn source_pairs<'a>(
+    batch: &'a Batch,
+    address_key: Option<&'a str>,
+    hostname_key: Option<&'a str>,
+) -> Vec<(&'a str, &'a str)> {
+    let address = source_address(&batch.peer);
+    let mut pairs = Vec::new();
+    if let Some(key) = address_key {
+        pairs.push((key, address));
+    }
+    if let Some(key) = hostname_key {
+        pairs.push((key, batch.peer_host.as_deref().unwrap_or(address)));
+    }
+    pairs
 }
 
 /// The client's address as a record value: the IP of `ip:port`, or the whole peer
