@@ -2,7 +2,7 @@
 frames [tenant + topic_suffix, service, body], the body a Fluentd Forward-mode message
 `[tag, [[time, record], ...]]` in msgpack with EventTime times and the records' bytes as
 they came. Checked byte for byte and with the msgpack library, with hand-built requests
-and a real client (Python's fluent-logger)."""
+and a real client (Python's fluent-logger), and through `fwdgate tail`."""
 
 import http.client
 import struct
@@ -200,6 +200,37 @@ def test_fluent_logger_client(bgw, bsub):
         s.close()
     assert len(got) == 3
     assert bsub.sync(bgw) == []
+
+
+def test_tail_prints_one_line_per_record(bgw, start_tail):
+    tail = start_tail("--connect", bgw.zmq_bind[0], "--tenant", "tw")
+    assert tail.wait_ready(bgw, "tw", "zzprobe-svc") == []
+    records = [
+        fwd.rec("first line", tenant="tw", container_id=CID),
+        fwd.rec("other tenant", tenant="tx"),
+        {"TENANT_ID": "tw", "message": "from message"},
+        {"TENANT_ID": "tw", "n": 1},
+    ]
+    with bgw.connect() as c:
+        c.send(forward("app", [(fwd.t_event(T0, i), r) for i, r in enumerate(records)]))
+    want = [b"3f2a9c81b0d4: first line", b"app: from message", b'app: {"TENANT_ID":"tw","n":1}']
+    got = [tail.line(10) for _ in want]
+    assert got == want, tail.stderr_text()
+    assert tail.wait_ready(bgw, "tw", "zzprobe-svc") == []
+
+
+def test_tail_takes_suffix_and_line_keys_from_the_config(start_gateway, start_tail, tmp_path):
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text('[route]\nline_keys = ["msg"]\n[output]\nformat = "batch"\ntopic_suffix = "|"\n')
+    gw = start_gateway("--config", str(cfg))
+    tail = start_tail("--config", str(cfg), "--connect", gw.zmq_bind[0], "--tenant", "tw")
+    assert tail.wait_ready(gw, "tw", "zzprobe-svc") == []
+    records = [{"TENANT_ID": "tw1", "msg": "prefix only"},
+               {"TENANT_ID": "tw", "log": "not the line", "msg": "the line"}]
+    with gw.connect() as c:
+        c.send(forward("app", [(fwd.t_event(T0, i), r) for i, r in enumerate(records)]))
+    assert tail.line(10) == b"app: the line", tail.stderr_text()
+    assert tail.wait_ready(gw, "tw", "zzprobe-svc") == []
 
 
 def metrics_text(gw):
