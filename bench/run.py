@@ -9,6 +9,9 @@ For each forward-protocol mode it measures, in one run and side by side:
   seed       the gateway in seed format with zmq-count subscribed (end to end)
   @rate      null, seed and raw-zmq again with the generator paced to the target rate,
              which is what the zero-loss and publishing-cost targets are judged on
+  batch      the gateway in batch format (one message per tenant and service of each
+             request) with zmq-count --format batch, full speed (Forward, PackedForward)
+             and paced to the target rate (Message, Forward, PackedForward)
 
 then the Docker-style lock-step ack case, and (unless --quick) the many-connections cases.
 Every gateway is a fresh process on 127.0.0.1 with ephemeral ports; its CPU time is
@@ -41,6 +44,11 @@ LABEL = {"message": "Message", "forward": "Forward", "packed": "PackedForward",
 INGEST_TARGET = {"message": 0.50, "forward": 0.30, "packed": 0.16}   # CPU s / M events
 RATE_TARGET = {"message": 600_000, "forward": 1_000_000, "packed": 1_000_000}
 CONNS = 64
+# Modes whose requests carry many events, where the batch format has something to batch.
+BATCH_FULL_SPEED = ["forward", "packed"]
+# Case names accepted by --cases.
+CASES = ["raw-zmq", "raw-zmq@rate", "drain", "null", "seed", "seed-nodrop", "batch",
+         "null@rate", "seed@rate", "batch@rate", "ack", "hold", "churn"]
 
 started_procs = []
 
@@ -232,6 +240,7 @@ def case_gateway(mode, fmt, args, seconds, events=0, rate=0, tag=None, conns=Non
     try:
         if fmt != "null":
             sub = spawn([os.path.join(BIN, "zmq-count"), "--connect", gw.zmq,
+                         "--format", "batch" if fmt == "batch" else "seed",
                          "--expected", str(events),
                          "--idle", "2", "--max-seconds", "120"], stdout=subprocess.PIPE, text=True)
             time.sleep(0.7)   # let the SUB connect and subscribe (PUB drops until then)
@@ -258,7 +267,8 @@ def case_gateway(mode, fmt, args, seconds, events=0, rate=0, tag=None, conns=Non
     if cnt:
         r["sub"] = cnt
         r["latency"] = cnt["latency"]
-        r["delivered_per_s"] = cnt["msgs_per_s"]
+        r["delivered_per_s"] = cnt["events_per_s"]   # events (records), not messages
+        r["messages"] = cnt["messages"]
         r["loss"] = load["events"] - cnt["received"]
     else:
         r["loss"] = 0 if counters and counters.get("events_discarded") == load["events"] else None
@@ -356,11 +366,12 @@ def table(results):
                 "null": "gateway `--format null`", "seed": "gateway seed + zmq-count",
                 "null@rate": "gateway null, paced", "seed@rate": "gateway seed, paced",
                 "raw-zmq@rate": "raw libzmq, paced (ref)", "ack": "lock-step acks, 200 conns, paced",
-                "seed-nodrop": "gateway seed, `slow_subscriber = \"block\"`"}[r["case"]]
+                "seed-nodrop": "gateway seed, `slow_subscriber = \"block\"`",
+                "batch": "gateway batch + zmq-count", "batch@rate": "gateway batch, paced"}[r["case"]]
         if r.get("rate"):
             name += f" {r['rate'] / 1000:,.0f}k/s"
         evs = r["events_per_s"]
-        if r["case"].startswith("seed") and r.get("delivered_per_s"):
+        if r["case"].startswith(("seed", "batch")) and r.get("delivered_per_s"):
             evs_s = f"{fmt_num(evs)} in, {fmt_num(r['delivered_per_s'])} out"
         else:
             evs_s = fmt_num(evs)
@@ -398,9 +409,12 @@ def evaluate(results):
                           measured=f"{pub:.3f} s/M vs 1.25 × {raw['cpu_per_m']:.3f} = {lim:.3f} s/M "
                                    f"(whole gateway in seed: {s['cpu_per_m']:.3f} s/M)",
                           met=pub <= lim))
-        if s:
+        for fmt, s in (("seed", s), ("batch", find("batch@rate", mode))):
+            if not s:
+                continue
             ok = s["loss"] == 0 and s["events_per_s"] >= 0.98 * rate and s.get("delivered_per_s", 0) >= 0.98 * rate
-            t.append(dict(target=f"end to end zero loss at ≥ {rate / 1e6:.1f}M events/s, {LABEL[mode]}, {CONNS} connections",
+            t.append(dict(target=f"end to end zero loss at ≥ {rate / 1e6:.1f}M events/s, {LABEL[mode]}, {CONNS} connections"
+                                 + ("" if fmt == "seed" else ", batch format"),
                           measured=f"{s['events_per_s']:,.0f} events/s in, {s.get('delivered_per_s', 0):,.0f}/s delivered, loss {s['loss']:,}",
                           met=ok))
     a = find("ack", rate=100_000)
@@ -410,7 +424,7 @@ def evaluate(results):
         t.append(dict(target="lock-step acks, 200 connections, p99 ack latency ≤ 1 ms at 100k events/s",
                       measured=f"p99 {p99:,.0f} µs at {a['events_per_s']:,.0f} events/s achieved",
                       met=ok))
-    full = [c for c in cases if c["case"] in ("null", "seed", "seed-nodrop") and c.get("peak_rss_mb")]
+    full = [c for c in cases if c["case"] in ("null", "seed", "seed-nodrop", "batch") and c.get("peak_rss_mb")]
     if full:
         worst = max(full, key=lambda c: c["peak_rss_mb"])
         t.append(dict(target="peak RSS under full load ≤ 256 MB",
@@ -510,7 +524,13 @@ def main():
     ap.add_argument("--max-other-load", type=float, default=0.25,
                     help="re-run a case when other processes took more cores than this")
     ap.add_argument("--tries", type=int, default=3, help="runs of a case at most")
+    ap.add_argument("--cases", default=",".join(CASES),
+                    help="comma-separated cases to run (default all): " + ", ".join(CASES))
     args = ap.parse_args()
+    wanted = set(args.cases.split(","))
+    unknown = wanted - set(CASES)
+    if unknown:
+        ap.error("unknown case(s): " + ", ".join(sorted(unknown)))
     os.makedirs(RESULTS, exist_ok=True)
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -526,9 +546,12 @@ def main():
                    connections=CONNS, cases=[])
     cases = results["cases"]
 
-    def add(fn):
-        """Runs a case; while other work on the machine took more than --max-other-load
-        cores during it, runs it again (at most --tries in all) and keeps the quietest."""
+    def add(case, fn):
+        """Runs a case (when --cases names it); while other work on the machine took more
+        than --max-other-load cores during it, runs it again (at most --tries in all) and
+        keeps the quietest."""
+        if case not in wanted:
+            return
         r = fn()
         r["tries"] = 1
         while r.get("foreign_cores", 0) > args.max_other_load and r["tries"] < args.tries:
@@ -547,39 +570,44 @@ def main():
     with open(nodrop_conf, "w") as f:
         f.write('[output]\nslow_subscriber = "block"\n')
     log("raw libzmq reference")
-    add(lambda: case_raw(args, 2_000_000))
+    add("raw-zmq", lambda: case_raw(args, 2_000_000))
     for rate in sorted(set(RATE_TARGET.values())):
-        add(lambda: case_raw(args, int(rate * args.seconds), rate, "raw-zmq@rate"))
+        add("raw-zmq@rate", lambda: case_raw(args, int(rate * args.seconds), rate, "raw-zmq@rate"))
     for mode in args.modes.split(","):
         log(f"mode {mode}")
-        add(lambda: case_drain(mode, args))
+        add("drain", lambda: case_drain(mode, args))
         fs = full_speed(mode, args)
-        add(lambda: case_gateway(mode, "null", args, fs["seconds"], fs["events"]))
-        add(lambda: case_gateway(mode, "seed", args, fs["seconds"], fs["events"]))
+        add("null", lambda: case_gateway(mode, "null", args, fs["seconds"], fs["events"]))
+        add("seed", lambda: case_gateway(mode, "seed", args, fs["seconds"], fs["events"]))
         if nodrop_conf:
             try:
-                add(lambda: case_gateway(mode, "seed", args, fs["seconds"], fs["events"],
-                                         tag="seed-nodrop", gw_extra=["--config", nodrop_conf]))
+                add("seed-nodrop", lambda: case_gateway(mode, "seed", args, fs["seconds"], fs["events"],
+                                                        tag="seed-nodrop", gw_extra=["--config", nodrop_conf]))
             except RuntimeError as e:   # a gateway without output.slow_subscriber
                 log(f"  seed-nodrop skipped: {str(e)[:300]}")
                 nodrop_conf = None
+        if mode in BATCH_FULL_SPEED:
+            add("batch", lambda: case_gateway(mode, "batch", args, fs["seconds"], fs["events"]))
         if mode in RATE_TARGET:
             rate = RATE_TARGET[mode]
             unit = 100 if mode == "message" else 1000
             per_conn = -(-int(rate * args.seconds) // CONNS)
             events = CONNS * (-(-per_conn // unit)) * unit
-            add(lambda: case_gateway(mode, "null", args, args.seconds * 3, events, rate, "null@rate"))
-            add(lambda: case_gateway(mode, "seed", args, args.seconds * 3, events, rate, "seed@rate"))
+            add("null@rate", lambda: case_gateway(mode, "null", args, args.seconds * 3, events, rate, "null@rate"))
+            add("seed@rate", lambda: case_gateway(mode, "seed", args, args.seconds * 3, events, rate, "seed@rate"))
+            add("batch@rate", lambda: case_gateway(mode, "batch", args, args.seconds * 3, events, rate, "batch@rate"))
     log("lock-step acks")
     for rate in (100_000, 25_000):   # the target's rate, and one that leaves CPU idle
-        add(lambda: case_gateway("message", "seed", args, args.seconds + 1, 0, rate, "ack",
-                                 extra=["--ack"], conns=200))
+        add("ack", lambda: case_gateway("message", "seed", args, args.seconds + 1, 0, rate, "ack",
+                                        extra=["--ack"], conns=200))
     if not args.quick and os.path.exists(os.path.join(BIN, "fwd-conns")):
         log("many connections")
-        results["hold"] = hold_case(args)
-        log("  ", {k: v for k, v in results["hold"].items() if k not in ("tool", "gateway")})
-        results["churn"] = churn_case(args)
-        log("  ", {k: v for k, v in results["churn"].items() if k != "gateway"})
+        if "hold" in wanted:
+            results["hold"] = hold_case(args)
+            log("  ", {k: v for k, v in results["hold"].items() if k not in ("tool", "gateway")})
+        if "churn" in wanted:
+            results["churn"] = churn_case(args)
+            log("  ", {k: v for k, v in results["churn"].items() if k != "gateway"})
     results["targets"] = evaluate(results)
     results["wall_seconds"] = round(time.time() - t_start, 1)
     with open(os.path.join(RESULTS, "latest.json"), "w") as f:

@@ -3,8 +3,9 @@
 //!
 //! Each iteration does exactly what a connection task does with bytes it has read:
 //! `Scanner::scan` finds each frame, the frame is split off the buffer without copying,
-//! `decode_request` decodes it and `build_batch` routes its events. The second group
-//! also runs the publisher's seed encoder into a counting sink (no ZeroMQ).
+//! `decode_request` decodes it and `build_batch` routes its events. The other groups
+//! also run the publisher's encoder, in the seed and in the batch format, into a
+//! counting sink (no ZeroMQ).
 //!
 //! Every input is built before timing starts; each iteration handles 1000 events.
 //!
@@ -15,7 +16,7 @@
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fwdgate::batch::{build_batch, BatchLimits};
-use fwdgate::config::{InputConfig, OutputConfig, RouteConfig};
+use fwdgate::config::{Format, InputConfig, OutputConfig, RouteConfig};
 use fwdgate::forward::{decode_request, Limits, Scanner};
 use fwdgate::publish::format::{Encoder, Sink};
 use fwdgate::publish::Batch;
@@ -416,15 +417,39 @@ impl Sink for CountingSink {
     }
 }
 
-fn seed_encoder() -> Encoder {
-    Encoder::new(&OutputConfig::default(), &RouteConfig::default())
+fn encoder(format: Format) -> Encoder {
+    let output = OutputConfig {
+        format,
+        ..OutputConfig::default()
+    };
+    Encoder::new(&output, &RouteConfig::default())
+}
+
+/// Encodes every input in the batch format once, checking that every event is sent
+/// in messages of three frames, each body a Forward-mode message (`0x92`, the tag...).
+fn check_batch(inputs: &[(&'static str, Bytes)]) {
+    for (name, input) in inputs {
+        let mut plane = Plane::new();
+        let mut encoder = encoder(Format::Batch);
+        let mut sink = CountingSink::default();
+        let mut sent = 0;
+        plane.run(input, |batch| {
+            sent += encoder
+                .encode_batch(&batch, &mut sink)
+                .unwrap_or_else(|e| match e {});
+        });
+        assert_eq!(sent, EVENTS as u64, "{name}: events sent");
+        assert_eq!(sink.frames % 3, 0, "{name}: three frames per message");
+        assert_eq!(sink.last.first(), Some(&0x92), "{name}: last body");
+        eprintln!("input {name}: {} batch messages", sink.frames / 3);
+    }
 }
 
 /// Runs each input once outside the timer, checking that every event gets through.
 fn check(inputs: &[(&'static str, Bytes)]) {
     for (name, input) in inputs {
         let mut plane = Plane::new();
-        let mut encoder = seed_encoder();
+        let mut encoder = encoder(Format::Seed);
         let mut sink = CountingSink::default();
         let routed = plane.run(input, |batch| {
             encoder
@@ -458,24 +483,27 @@ fn decode(c: &mut Criterion) {
 
 fn decode_encode(c: &mut Criterion) {
     let inputs = inputs();
-    let mut group = c.benchmark_group("decode_encode_seed");
-    group.throughput(Throughput::Elements(EVENTS as u64));
-    for (name, input) in &inputs {
-        group.bench_with_input(BenchmarkId::from_parameter(name), input, |b, input| {
-            let mut plane = Plane::new();
-            let mut encoder = seed_encoder();
-            let mut sink = CountingSink::default();
-            b.iter(|| {
-                plane.run(black_box(input), |batch| {
-                    encoder
-                        .encode_batch(&batch, &mut sink)
-                        .unwrap_or_else(|e| match e {});
-                })
+    check_batch(&inputs);
+    for format in [Format::Seed, Format::Batch] {
+        let mut group = c.benchmark_group(format!("decode_encode_{}", format.name()));
+        group.throughput(Throughput::Elements(EVENTS as u64));
+        for (name, input) in &inputs {
+            group.bench_with_input(BenchmarkId::from_parameter(name), input, |b, input| {
+                let mut plane = Plane::new();
+                let mut encoder = encoder(format);
+                let mut sink = CountingSink::default();
+                b.iter(|| {
+                    plane.run(black_box(input), |batch| {
+                        encoder
+                            .encode_batch(&batch, &mut sink)
+                            .unwrap_or_else(|e| match e {});
+                    })
+                });
+                black_box(sink.bytes);
             });
-            black_box(sink.bytes);
-        });
+        }
+        group.finish();
     }
-    group.finish();
 }
 
 criterion_group!(benches, decode, decode_encode);

@@ -91,8 +91,8 @@ pub struct InputConfig {
     pub allow: Vec<String>,
     /// Source networks refused over TCP and TLS, whatever `allow` says.
     pub deny: Vec<String>,
-    /// Add the client's IP address to each record under this key (in the `json`
-    /// format), as Fluentd's in_forward does. Empty (the default): not added.
+    /// Add the client's IP address to each record under this key (in the `json` and
+    /// `batch` formats), as Fluentd's in_forward does. Empty (the default): not added.
     pub source_address_key: String,
     /// Add the client's host name (reverse DNS, looked up once per connection; the
     /// address when that fails) to each record under this key. Empty: not added.
@@ -186,6 +186,9 @@ pub enum Format {
     Seed,
     /// tenant, service, the whole record as one JSON object.
     Json,
+    /// tenant, service, the batch's events of that tenant and service as one Fluentd
+    /// Forward-mode message in msgpack, `[tag, [[time, record], ...]]`.
+    Batch,
     /// Publish nothing: events are accepted, counted and dropped. For measuring intake
     /// alone, like Fluentd's and Fluent Bit's null outputs.
     Null,
@@ -196,6 +199,7 @@ impl Format {
         match self {
             Format::Seed => "seed",
             Format::Json => "json",
+            Format::Batch => "batch",
             Format::Null => "null",
         }
     }
@@ -233,7 +237,8 @@ pub enum WhenFull {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OutputConfig {
-    /// Output format: `"seed"` (default), `"json"`, or `"null"` (publish nothing; for
+    /// Output format: `"seed"` (default), `"json"`, `"batch"` (one msgpack Forward-mode
+    /// message per tenant and service of each batch), or `"null"` (publish nothing; for
     /// measuring intake).
     pub format: Format,
     /// Endpoints the PUB socket binds (`tcp://host:port`, `ipc://path`; `tcp://host:*`

@@ -26,13 +26,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Tail(args) => {
-            let suffix = cli.gateway.topic_suffix.clone().unwrap_or_default();
+            // The gateway's file, when given, tells the topic suffix (unless the flag
+            // does) and the keys that find each `batch` record's container id and line.
+            let file = match &cli.gateway.config {
+                Some(path) => Config::from_file(path)?,
+                None => Config::default(),
+            };
+            let suffix = cli
+                .gateway
+                .topic_suffix
+                .clone()
+                .unwrap_or(file.output.topic_suffix);
             let filter = fwdgate::tail::Filter {
                 tenant: &args.tenant,
                 service: args.service.as_deref(),
                 topic_suffix: &suffix,
             };
-            fwdgate::tail::tail(&args.connect, &filter, &mut std::io::stdout().lock())?;
+            let stdout = &mut std::io::stdout().lock();
+            fwdgate::tail::tail(&args.connect, &filter, &file.route, stdout)?;
             Ok(())
         }
         Command::Run => {

@@ -1,7 +1,19 @@
 //! `fwdgate tail`: a subscriber that prints one tenant's lines as they arrive, the way
 //! `docker logs -f` does for one container.
+//!
+//! It prints the last frame of each `seed` or `json` message as it is. A `batch`-format
+//! message, whose last frame is a Forward-mode message, is told apart by decoding it
+//! (no seed line or JSON object is valid msgpack of that shape), whatever the gateway's
+//! configured format: tail then prints one line per record, as the `seed` format would
+//! have published it, `<container id>: <line>`, found with the route keys it is given.
 
+use crate::config::RouteConfig;
+use crate::forward::request::ForwardEvents;
+use crate::forward::{decode_request, Entries, Event, Limits, Scanner};
+use crate::publish::format::seed_line;
+use crate::route::Router;
 use std::io::Write;
+use std::ops::Range;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -13,6 +25,8 @@ pub enum TailError {
     },
     #[error("cannot write to stdout: {0}")]
     Output(#[from] std::io::Error),
+    #[error("invalid route configuration: {0}")]
+    Route(#[from] regex::Error),
 }
 
 /// What to print.
@@ -37,13 +51,72 @@ impl Filter<'_> {
     }
 }
 
-/// Subscribes at every endpoint and writes the last frame of each matching message,
-/// followed by a newline, until an error.
+/// Turns the last frame of a message into printed lines.
+pub struct Printer {
+    router: Router,
+    /// Reused for lines rendered as JSON.
+    scratch: Vec<u8>,
+}
+
+impl Printer {
+    /// A printer that finds the container id and line of `batch` records with `route`.
+    pub fn new(route: &RouteConfig) -> Result<Printer, TailError> {
+        Ok(Printer {
+            router: Router::new(route)?,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Writes one line per record of a `batch` body, or else the body itself, each
+    /// followed by a newline.
+    pub fn write_body(&mut self, body: &[u8], out: &mut impl Write) -> std::io::Result<()> {
+        let Some((tag, events)) = forward_events(body) else {
+            out.write_all(body)?;
+            return out.write_all(b"\n");
+        };
+        let tag = self.router.route_tag(body, tag);
+        for event in events {
+            let routed = self.router.route(body, &tag, event);
+            let (id, line) = seed_line(body, &routed, &mut self.scratch);
+            out.write_all(id)?;
+            out.write_all(b": ")?;
+            out.write_all(line)?;
+            out.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+}
+
+/// Nesting accepted in a `batch` body, as the gateway's default `input.max_depth`.
+const MAX_DEPTH: usize = 128;
+
+/// The tag and events of a `batch` body: a whole Forward-mode message whose entries
+/// are all valid. `None` for anything else (a `seed` line, a `json` object).
+fn forward_events(body: &[u8]) -> Option<(Range<usize>, Vec<Event>)> {
+    let mut scanner = Scanner::new(Limits {
+        max_size: body.len(),
+        max_depth: MAX_DEPTH,
+    });
+    if !matches!(scanner.scan(body), Ok(Some(n)) if n == body.len()) {
+        return None;
+    }
+    let request = decode_request(body).ok()?;
+    let Entries::Forward { start, count } = request.entries else {
+        return None;
+    };
+    let events = ForwardEvents::new(body, start, count).collect::<Result<Vec<_>, _>>();
+    Some((request.tag, events.ok()?))
+}
+
+/// Subscribes at every endpoint and prints each matching message (see [`Printer`]),
+/// until an error.
 pub fn tail(
     endpoints: &[String],
     filter: &Filter<'_>,
+    route: &RouteConfig,
     out: &mut impl Write,
 ) -> Result<(), TailError> {
+    let mut printer = Printer::new(route)?;
     let ctx = zmq::Context::new();
     let zmq_err = |endpoint: &str| {
         let endpoint = endpoint.to_owned();
@@ -60,10 +133,73 @@ pub fn tail(
     loop {
         let frames = socket.recv_multipart(0).map_err(zmq_err("socket"))?;
         if filter.matches(&frames) {
-            let body = &frames[frames.len() - 1];
-            out.write_all(body)?;
-            out.write_all(b"\n")?;
+            printer.write_body(&frames[frames.len() - 1], out)?;
             out.flush()?;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rmpv::Value;
+
+    fn printed(body: &[u8]) -> Vec<u8> {
+        let mut printer = Printer::new(&RouteConfig::default()).unwrap();
+        let mut out = Vec::new();
+        printer.write_body(body, &mut out).unwrap();
+        out
+    }
+
+    /// What tail prints for a body it does not decode: the body and a newline.
+    fn as_is(body: &[u8]) -> Vec<u8> {
+        [body, b"\n"].concat()
+    }
+
+    fn forward_message(tag: &str, records: Vec<Value>) -> Vec<u8> {
+        let time = Value::Ext(0, vec![0x65, 0x53, 0xf1, 0x00, 0, 0, 0, 7]);
+        let entries = records
+            .into_iter()
+            .map(|r| Value::Array(vec![time.clone(), r]))
+            .collect();
+        let mut out = Vec::new();
+        let message = Value::Array(vec![tag.into(), Value::Array(entries)]);
+        rmpv::encode::write_value(&mut out, &message).unwrap();
+        out
+    }
+
+    #[test]
+    fn batch_bodies_print_one_seed_line_per_record() {
+        let body = forward_message(
+            "app",
+            vec![
+                Value::Map(vec![
+                    ("container_id".into(), "3f2a9c81b0d4eeee".into()),
+                    ("log".into(), "hello".into()),
+                ]),
+                Value::Map(vec![("message".into(), "second".into())]),
+                Value::Map(vec![("n".into(), 1.into())]),
+            ],
+        );
+        assert_eq!(
+            printed(&body),
+            b"3f2a9c81b0d4: hello\napp: second\napp: {\"n\":1}\n"
+        );
+    }
+
+    #[test]
+    fn other_bodies_print_as_they_are() {
+        assert_eq!(printed(b"3f2a9c81b0d4: hello"), b"3f2a9c81b0d4: hello\n");
+        assert_eq!(printed(b"{\"tag\":\"t\"}"), b"{\"tag\":\"t\"}\n");
+        // Message mode, trailing bytes, a cut-off body: not batch bodies.
+        let mut message = Vec::new();
+        let value = Value::Array(vec!["t".into(), 1.into(), Value::Map(vec![])]);
+        rmpv::encode::write_value(&mut message, &value).unwrap();
+        assert_eq!(printed(&message), as_is(&message));
+        let mut body = forward_message("t", vec![Value::Map(vec![])]);
+        body.push(0xc0);
+        assert_eq!(printed(&body), as_is(&body));
+        body.truncate(body.len() - 3);
+        assert_eq!(printed(&body), as_is(&body));
     }
 }

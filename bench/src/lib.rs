@@ -229,6 +229,119 @@ pub fn put_record(out: &mut Vec<u8>, sender: u32, seq: u64, ts: u64) -> usize {
 }
 
 // ---------------------------------------------------------------------------------------
+// Reading the gateway's `batch` format: the last frame is a Forward-mode message,
+// `[tag, [[time, record], ...]]`. A small span reader, enough to find each record's
+// `log` value without building values.
+
+/// Reads a big-endian length of `width` bytes at `at`.
+fn be_len(b: &[u8], at: usize, width: usize) -> Option<usize> {
+    let bytes = b.get(at..at + width)?;
+    Some(bytes.iter().fold(0usize, |n, &x| (n << 8) | x as usize))
+}
+
+/// A value's header at `at`: (header length, payload bytes, child values).
+fn value_head(b: &[u8], at: usize) -> Option<(usize, usize, usize)> {
+    let first = *b.get(at)?;
+    Some(match first {
+        0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (1, 0, 0),
+        0x80..=0x8f => (1, 0, 2 * (first & 0x0f) as usize),
+        0x90..=0x9f => (1, 0, (first & 0x0f) as usize),
+        0xa0..=0xbf => (1, (first & 0x1f) as usize, 0),
+        0xc4 | 0xd9 => (2, be_len(b, at + 1, 1)?, 0),
+        0xc5 | 0xda => (3, be_len(b, at + 1, 2)?, 0),
+        0xc6 | 0xdb => (5, be_len(b, at + 1, 4)?, 0),
+        0xc7 => (3, be_len(b, at + 1, 1)?, 0),
+        0xc8 => (4, be_len(b, at + 1, 2)?, 0),
+        0xc9 => (6, be_len(b, at + 1, 4)?, 0),
+        0xca => (1, 4, 0),
+        0xcb => (1, 8, 0),
+        0xcc | 0xd0 => (1, 1, 0),
+        0xcd | 0xd1 => (1, 2, 0),
+        0xce | 0xd2 => (1, 4, 0),
+        0xcf | 0xd3 => (1, 8, 0),
+        0xd4 => (2, 1, 0),
+        0xd5 => (2, 2, 0),
+        0xd6 => (2, 4, 0),
+        0xd7 => (2, 8, 0),
+        0xd8 => (2, 16, 0),
+        0xdc => (3, 0, be_len(b, at + 1, 2)?),
+        0xdd => (5, 0, be_len(b, at + 1, 4)?),
+        0xde => (3, 0, 2 * be_len(b, at + 1, 2)?),
+        0xdf => (5, 0, 2 * be_len(b, at + 1, 4)?),
+        0xc1 => return None,
+    })
+}
+
+/// The position just past the value at `at` (iterative: no recursion on nesting).
+pub fn skip_value(b: &[u8], mut at: usize) -> Option<usize> {
+    let mut pending = 1usize;
+    while pending > 0 {
+        let (head, payload, children) = value_head(b, at)?;
+        at = at.checked_add(head + payload)?;
+        pending = pending - 1 + children;
+    }
+    (at <= b.len()).then_some(at)
+}
+
+/// An array header at `at`: (item count, position of the first item).
+fn array_at(b: &[u8], at: usize) -> Option<(usize, usize)> {
+    match *b.get(at)? {
+        0x90..=0x9f | 0xdc | 0xdd => {
+            let (head, _, n) = value_head(b, at)?;
+            Some((n, at + head))
+        }
+        _ => None,
+    }
+}
+
+/// The payload of the str value at `at`, if it is one.
+fn str_at(b: &[u8], at: usize) -> Option<&[u8]> {
+    match *b.get(at)? {
+        0xa0..=0xbf | 0xd9..=0xdb => {
+            let (head, len, _) = value_head(b, at)?;
+            b.get(at + head..at + head + len)
+        }
+        _ => None,
+    }
+}
+
+/// The value of key `key` in the record map at `at` (`None` when absent).
+fn map_str<'a>(b: &'a [u8], at: usize, key: &[u8]) -> Option<&'a [u8]> {
+    let (head, _, items) = match *b.get(at)? {
+        0x80..=0x8f | 0xde | 0xdf => value_head(b, at)?,
+        _ => return None,
+    };
+    let mut pos = at + head;
+    for _ in 0..items / 2 {
+        let value = skip_value(b, pos)?;
+        if str_at(b, pos) == Some(key) {
+            return str_at(b, value);
+        }
+        pos = skip_value(b, value)?;
+    }
+    None
+}
+
+/// Calls `line` with the `log` value of every record of a `batch`-format body (an
+/// empty slice for a record without one) and returns how many records there were;
+/// `None` when the body is not a whole Forward-mode message.
+pub fn batch_lines(body: &[u8], mut line: impl FnMut(&[u8])) -> Option<u64> {
+    let (2, tag) = array_at(body, 0)? else {
+        return None;
+    };
+    let (count, mut pos) = array_at(body, skip_value(body, tag)?)?;
+    for _ in 0..count {
+        let (2, time) = array_at(body, pos)? else {
+            return None;
+        };
+        let record = skip_value(body, time)?;
+        line(map_str(body, record, b"log").unwrap_or(b""));
+        pos = skip_value(body, record)?;
+    }
+    (pos == body.len()).then_some(count as u64)
+}
+
+// ---------------------------------------------------------------------------------------
 // Arguments: `--name value` and `--flag`, nothing fancier.
 
 pub struct Args {
@@ -308,4 +421,40 @@ pub fn self_cpu_seconds() -> f64 {
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
     t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_lines_of_a_forward_message() {
+        // ["t", [[EventTime, {"log": "a", "x": [1, {}]}], [EventTime, {"n": nil}]]]
+        let mut body = vec![0x92, 0xa1, b't', 0x92];
+        for record in [&b"\x82\xa3log\xa1a\xa1x\x92\x01\x80"[..], b"\x81\xa1n\xc0"] {
+            body.extend_from_slice(&[0x92, 0xd7, 0x00, 0, 0, 0, 1, 0, 0, 0, 2]);
+            body.extend_from_slice(record);
+        }
+        let mut lines = Vec::new();
+        assert_eq!(batch_lines(&body, |l| lines.push(l.to_vec())), Some(2));
+        assert_eq!(lines, vec![b"a".to_vec(), Vec::new()]);
+        assert_eq!(batch_lines(&body[..body.len() - 1], |_| {}), None);
+        assert_eq!(batch_lines(b"abc: line", |_| {}), None);
+    }
+
+    #[test]
+    fn generated_records_yield_their_lines() {
+        let mut body = vec![0x92];
+        put_str(&mut body, b"docker.x");
+        put_array_header(&mut body, 20);
+        for seq in 0..20 {
+            body.push(0x92);
+            put_event_time(&mut body, 5);
+            put_record(&mut body, 3, seq, 77);
+        }
+        let mut parsed = Vec::new();
+        assert_eq!(batch_lines(&body, |l| parsed.push(parse_line(l))), Some(20));
+        let want: Vec<_> = (0..20).map(|seq| Some((3, seq, 77))).collect();
+        assert_eq!(parsed, want);
+    }
 }

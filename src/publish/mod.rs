@@ -1,7 +1,10 @@
 //! ZeroMQ egress: one thread owns the PUB socket (ZeroMQ sockets are not thread-safe),
-//! takes batches from a bounded queue and sends each event in the configured format.
+//! takes batches from a bounded queue and sends each event (or, in the `batch` format,
+//! each group of events) in the configured format.
 
 pub mod format;
+mod forward_body;
+mod groups;
 pub mod json;
 mod monitor;
 mod queue;

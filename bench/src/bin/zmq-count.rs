@@ -1,20 +1,68 @@
 //! zmq-count: native ZeroMQ subscriber for the benchmark.
 //!
 //! Subscribes to everything (RCVHWM 0: unlimited, so no message is dropped on this
-//! side), counts three-frame messages, checks each sender's sequence numbers (from the
-//! `c=… seq=… ts=…` header of the line, see the crate docs) and records the latency from
-//! the embedded send timestamp to the moment the message is received. Exits when
-//! `--expected` messages arrived, or after `--idle` seconds without a message (once the
-//! first arrived), or `--start-wait` seconds with none, or `--max-seconds` in all. Prints
-//! one JSON line.
+//! side), counts three-frame messages and the events (records) they carry, checks each
+//! sender's sequence numbers (from the `c=… seq=… ts=…` header of the line, see the
+//! crate docs) and records the latency from the embedded send timestamp to the moment
+//! the message is received, per event. With `--format seed` (the default) each message
+//! is one event, its last frame `<container id>: <line>`; with `--format batch` the
+//! last frame is a Forward-mode message `[tag, [[time, record], ...]]` and every
+//! record's `log` is checked the same way. Exits when `--expected` events arrived, or
+//! after `--idle` seconds without a message (once the first arrived), or
+//! `--start-wait` seconds with none, or `--max-seconds` in all. Prints one JSON line;
+//! `received` counts events, `messages` messages.
 //!
 //! ```text
-//! zmq-count --connect tcp://127.0.0.1:6362 [--expected N] [--idle 2] [--start-wait 30]
-//!           [--max-seconds 120] [--ready-file PATH]
+//! zmq-count --connect tcp://127.0.0.1:6362 [--format seed|batch] [--expected N]
+//!           [--idle 2] [--start-wait 30] [--max-seconds 120] [--ready-file PATH]
 //! ```
 
 use fwdgate_bench::*;
+use hdrhistogram::Histogram;
 use std::time::{Duration, Instant};
+
+/// Sequence checking per sender.
+struct Sequences {
+    next: Vec<u64>,
+    gaps: u64,
+    out_of_order: u64,
+    untracked: u64,
+}
+
+impl Sequences {
+    fn new() -> Sequences {
+        Sequences {
+            next: vec![0; UNTRACKED_SENDER as usize + 1],
+            gaps: 0,
+            out_of_order: 0,
+            untracked: 0,
+        }
+    }
+
+    /// Checks one event's line, received at `t` (ns); false when it is not a bench line.
+    fn check(&mut self, line: &[u8], t: u64, hist: &mut Histogram<u64>) -> bool {
+        let Some((c, seq, ts)) = parse_line(line) else {
+            return false;
+        };
+        if ts != 0 {
+            record_ns(hist, t.saturating_sub(ts));
+        }
+        if c >= UNTRACKED_SENDER {
+            self.untracked += 1;
+            return true;
+        }
+        let want = &mut self.next[c as usize];
+        if seq == *want {
+            *want += 1;
+        } else if seq > *want {
+            self.gaps += seq - *want;
+            *want = seq + 1;
+        } else {
+            self.out_of_order += 1;
+        }
+        true
+    }
+}
 
 fn main() {
     let a = Args::parse(&[]);
@@ -24,6 +72,14 @@ fn main() {
     let start_wait = Duration::from_secs_f64(a.num("start-wait", 30.0));
     let max = Duration::from_secs_f64(a.num("max-seconds", 120.0));
     let ready_file = a.str("ready-file", "");
+    let batch = match a.str("format", "seed").as_str() {
+        "seed" => false,
+        "batch" => true,
+        other => {
+            eprintln!("--format: {other} is neither seed nor batch");
+            std::process::exit(2);
+        }
+    };
 
     let ctx = zmq::Context::new();
     let sub = ctx.socket(zmq::SUB).expect("socket");
@@ -38,9 +94,8 @@ fn main() {
     let started = Instant::now();
     let cpu0 = self_cpu_seconds();
     let mut hist = new_hist();
-    let mut next_seq = vec![0u64; UNTRACKED_SENDER as usize + 1];
-    let (mut received, mut bytes, mut gaps, mut out_of_order, mut malformed, mut untracked) =
-        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut seqs = Sequences::new();
+    let (mut received, mut messages, mut bytes, mut malformed) = (0u64, 0u64, 0u64, 0u64);
     let mut first: Option<Instant> = None;
     let mut last = started;
     let mut frames: [zmq::Message; 3] = [
@@ -91,60 +146,58 @@ fn main() {
         let t = now_ns();
         last = Instant::now();
         first.get_or_insert(last);
-        received += 1;
+        messages += 1;
         if n != 3 {
+            received += 1;
             malformed += 1;
             continue;
         }
         let f3: &[u8] = &frames[2];
-        // "<12-char container id>: <line>"
-        let parsed = if f3.len() > 14 && &f3[12..14] == b": " {
-            parse_line(&f3[14..])
+        if batch {
+            // Every record of the body is one event; a body that does not decode
+            // counts as one malformed event.
+            let mut bad = 0;
+            match batch_lines(f3, |line| {
+                if !seqs.check(line, t, &mut hist) {
+                    bad += 1;
+                }
+            }) {
+                Some(events) => received += events,
+                None => {
+                    received += 1;
+                    bad = 1;
+                }
+            }
+            malformed += bad;
         } else {
-            None
-        };
-        let Some((c, seq, ts)) = parsed else {
-            malformed += 1;
-            continue;
-        };
-        if ts != 0 {
-            record_ns(&mut hist, t.saturating_sub(ts));
-        }
-        if c >= UNTRACKED_SENDER {
-            untracked += 1;
-            continue;
-        }
-        let want = &mut next_seq[c as usize];
-        if seq == *want {
-            *want += 1;
-        } else if seq > *want {
-            gaps += seq - *want;
-            *want = seq + 1;
-        } else {
-            out_of_order += 1;
+            received += 1;
+            // "<12-char container id>: <line>"
+            let ok = f3.len() > 14 && &f3[12..14] == b": " && seqs.check(&f3[14..], t, &mut hist);
+            if !ok {
+                malformed += 1;
+            }
         }
     }
     let secs = match first {
         Some(f) => (last - f).as_secs_f64().max(1e-9),
         None => 0.0,
     };
-    let rate = if secs > 0.0 {
-        received as f64 / secs
-    } else {
-        0.0
-    };
+    let per_s = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
     println!(
-        "{{\"tool\": \"zmq-count\", \"received\": {}, \"expected\": {}, \"missing\": {}, \"seq_gaps\": {}, \"out_of_order\": {}, \"malformed\": {}, \"untracked\": {}, \"bytes\": {}, \"seconds\": {:.4}, \"msgs_per_s\": {:.0}, \"mb_per_s\": {:.2}, \"cpu_s\": {:.3}, \"stop\": \"{}\", {}}}",
+        "{{\"tool\": \"zmq-count\", \"format\": \"{}\", \"received\": {}, \"messages\": {}, \"expected\": {}, \"missing\": {}, \"seq_gaps\": {}, \"out_of_order\": {}, \"malformed\": {}, \"untracked\": {}, \"bytes\": {}, \"seconds\": {:.4}, \"events_per_s\": {:.0}, \"msgs_per_s\": {:.0}, \"mb_per_s\": {:.2}, \"cpu_s\": {:.3}, \"stop\": \"{}\", {}}}",
+        if batch { "batch" } else { "seed" },
         received,
+        messages,
         expected,
         expected.saturating_sub(received),
-        gaps,
-        out_of_order,
+        seqs.gaps,
+        seqs.out_of_order,
         malformed,
-        untracked,
+        seqs.untracked,
         bytes,
         secs,
-        rate,
+        per_s(received),
+        per_s(messages),
         if secs > 0.0 { bytes as f64 / secs / 1e6 } else { 0.0 },
         self_cpu_seconds() - cpu0,
         stop_reason,
