@@ -172,14 +172,18 @@ class Gateway:
         if self._probe_client is not None:
             self._probe_client.close()
             self._probe_client = None
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None:
             return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(STOP_TIMEOUT)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(STOP_TIMEOUT)
+        # The process has exited, but its last lines may still be in the pipe: wait for
+        # the reader to reach the end, so the logs are complete when stop() returns.
+        self._reader.join(STOP_TIMEOUT)
 
     # ---------------------------------------------------------------- logs
     def stderr_text(self) -> str:
