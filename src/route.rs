@@ -2,7 +2,7 @@
 //! over the record's keys, no allocation: the result is byte spans of the request.
 
 use crate::config::RouteConfig;
-use crate::forward::msgpack::{Cursor, Kind, ReadError};
+use crate::forward::msgpack::{Cursor, ReadError};
 use crate::forward::{Event, EventTime};
 use regex::bytes::Regex;
 use std::ops::Range;
@@ -300,26 +300,29 @@ impl Router {
     ) -> Result<u64, ReadError> {
         let mut values = 0u64;
         for _ in 0..pairs {
-            let key = if c.peek_kind()? == Kind::Str {
-                values += 1;
-                Some(c.str()?)
-            } else {
-                None
+            values += 1;
+            let key = match c.string_or_binary()? {
+                Some((key, true)) => key,
+                // A key that is not a str is taken for this pair's value: a bin one was
+                // just consumed, anything else is skipped.
+                Some((_, false)) => continue,
+                None => {
+                    skip(c)?;
+                    continue;
+                }
             };
             let value_start = c.pos();
-            let kind = c.peek_kind()?;
-            let payload = match kind {
-                Kind::Str | Kind::Bin => Some(Span::of(c.bytes()?)),
-                _ => {
+            let (payload, is_str) = match c.string_or_binary()? {
+                Some((payload, is_str)) => (Some(Span::of(payload)), is_str),
+                None => {
                     skip(c)?;
-                    None
+                    (None, false)
                 }
             };
             values += 1;
-            let Some(key) = key else { continue };
             if let Some(key) = self.routing_key(&data[key]) {
                 let value = Span::of(value_start..c.pos());
-                found.note(key, kind == Kind::Str, payload, value);
+                found.note(key, is_str, payload, value);
             }
         }
         Ok(values)

@@ -282,6 +282,47 @@ impl<'a> Cursor<'a> {
         Ok(start..start + len)
     }
 
+    /// Reads a str or bin value when one is next: the range of its payload and whether
+    /// it is a str. `Ok(None)`, with nothing consumed, when the next value is neither.
+    #[inline]
+    pub fn string_or_binary(&mut self) -> Result<Option<(Range<usize>, bool)>, ReadError> {
+        let b = *self.buf.get(self.pos).ok_or(ReadError::Truncated)?;
+        let (is_str, width) = match b {
+            0xa0..=0xbf => {
+                let start = self.pos + 1;
+                let end = start + usize::from(b & 0x1f);
+                if end > self.buf.len() {
+                    return Err(ReadError::Truncated);
+                }
+                self.pos = end;
+                return Ok(Some((start..end, true)));
+            }
+            0xd9 => (true, 1),
+            0xda => (true, 2),
+            0xdb => (true, 4),
+            0xc4 => (false, 1),
+            0xc5 => (false, 2),
+            0xc6 => (false, 4),
+            _ => return Ok(None),
+        };
+        let at = self.pos;
+        self.pos += 1;
+        let payload = usize::try_from(self.uint(width)?)
+            .map_err(|_| ReadError::Truncated)
+            .and_then(|len| {
+                let start = self.pos;
+                self.take(len)?;
+                Ok(start..start + len)
+            });
+        match payload {
+            Ok(payload) => Ok(Some((payload, is_str))),
+            Err(e) => {
+                self.pos = at;
+                Err(e)
+            }
+        }
+    }
+
     /// Reads a str value only (not bin) and returns the range of its payload.
     #[inline]
     pub fn str(&mut self) -> Result<Range<usize>, ReadError> {
@@ -574,5 +615,29 @@ mod tests {
             Cursor::new(&[0x92, 0x01, 0xc1]).skip_capped(8),
             Err(ReadError::Reserved)
         );
+    }
+
+    #[test]
+    fn string_or_binary_reads_either_and_leaves_the_rest() {
+        let buf = [0xa2, b'h', b'i', 0xc4, 1, b'b', 0xd9, 1, b's', 0x01];
+        let mut c = Cursor::new(&buf);
+        assert_eq!(c.string_or_binary(), Ok(Some((1..3, true))));
+        assert_eq!(c.string_or_binary(), Ok(Some((5..6, false))));
+        assert_eq!(c.string_or_binary(), Ok(Some((8..9, true))));
+        assert_eq!(c.string_or_binary(), Ok(None));
+        assert_eq!(c.pos(), 9, "an integer is not consumed");
+        for short in [
+            &[][..],
+            &[0xa2, b'h'],
+            &[0xda, 0],
+            &[0xc6, 0, 0, 0, 2, b'x'],
+        ] {
+            let mut c = Cursor::new(short);
+            assert_eq!(
+                c.string_or_binary(),
+                Err(ReadError::Truncated),
+                "{short:x?}"
+            );
+        }
     }
 }
