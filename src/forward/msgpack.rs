@@ -15,7 +15,11 @@ pub enum Header {
 
 /// Reads the header at the start of `b`. `None` when `b` is too short to tell,
 /// `Some(Err(()))` for the reserved byte 0xc1.
-#[inline]
+///
+/// Always inlined: it runs once per value in every walk, and out of line its result
+/// goes through memory (inlining it saves 6-10% of the instructions per event in
+/// Forward and Message mode).
+#[inline(always)]
 pub fn header(b: &[u8]) -> Option<Result<Header, ()>> {
     let first = *b.first()?;
     let scalar = |len: u64| Some(Ok(Header::Scalar { len }));
