@@ -116,8 +116,12 @@ pub fn decode_request(frame: &[u8]) -> Result<Request, RequestError> {
         Kind::Array if !is_v15_time(&c) => {
             let count = c.array_len()?;
             let start = c.pos();
-            for _ in 0..count {
-                c.skip()?;
+            // Only an option after the entries needs their end; the frame was scanned
+            // whole, so the entries themselves are read (and checked) later.
+            if len > 2 {
+                for _ in 0..count {
+                    c.skip()?;
+                }
             }
             (Entries::Forward { start, count }, 2)
         }
@@ -544,5 +548,28 @@ mod tests {
                 "{bytes:x?}"
             );
         }
+    }
+
+    #[test]
+    fn forward_entries_are_walked_in_decode_only_to_reach_an_option() {
+        let mut f = vec![0x92, 0xa1, b't', 0x92, 0x92, 0x01, 0x80];
+        // Without an option the entries are left to `ForwardEvents`, which stops at the
+        // first that is cut short (a scanned frame never has one).
+        assert_eq!(
+            decode_request(&f).unwrap().entries,
+            Entries::Forward { start: 4, count: 2 }
+        );
+        f[0] = 0x93;
+        f.push(0xc0);
+        f[3] = 0x91;
+        let r = decode_request(&f).unwrap();
+        assert_eq!(r.entries, Entries::Forward { start: 4, count: 1 });
+        assert_eq!(r.options, Options::default());
+        // An entry count that runs past the frame leaves no option to read.
+        f[3] = 0x92;
+        assert_eq!(
+            decode_request(&f),
+            Err(RequestError::Malformed(ReadError::Truncated))
+        );
     }
 }
