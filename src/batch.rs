@@ -35,8 +35,8 @@ impl Invalid {
 }
 
 /// Decodes and routes one entry in a single pass over its bytes, when it has the
-/// common shape (`entry_head`): `skip_value` moves past the record's values that are not
-/// strings, `skip_element` past entry elements after the record. `None` leaves the entry
+/// common shape (`entry_head`): `skip_value` moves past the record's values that are
+/// neither str nor bin, `skip_element` past entry elements after the record. `None` leaves the entry
 /// to the event iterator, which decodes it (and reports what is wrong with it) in full.
 #[inline(always)]
 fn route_entry<'a>(
@@ -116,7 +116,8 @@ pub fn build_batch(
         Entries::Forward { start, count } => {
             let mut entries = ForwardEvents::new(&data, *start, *count);
             loop {
-                // The frame was scanned whole, so a plain skip is safe on its entries.
+                // The frame was scanned whole, depth cap included, so a plain skip
+                // meets nothing the scanner would have refused.
                 let fused = entries.read_with(|c| {
                     route_entry(c, &data, router, &tag, &mut |c| c.skip(), &mut |c| c.skip())
                 });

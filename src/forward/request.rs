@@ -367,11 +367,6 @@ impl<'a> PackedEvents<'a> {
         self.pos = c.pos();
         Some(r)
     }
-
-    /// The nesting cap of this stream's entries.
-    pub fn max_depth(&self) -> usize {
-        self.scanner.limits().max_depth
-    }
 }
 
 impl Iterator for PackedEvents<'_> {
