@@ -3,11 +3,13 @@
 //! directly.
 
 use crate::forward::compression::{decompress, DecompressError};
-use crate::forward::request::{ForwardEvents, PackedEvents};
+use crate::forward::msgpack::{Cursor, ReadError};
+use crate::forward::request::{entry_head, ForwardEvents, PackedEvents};
 use crate::forward::{Compression, Entries, Event, EventError, Limits, Request};
 use crate::publish::Batch;
-use crate::route::{Router, Span};
+use crate::route::{Routed, Router, Span, TagRoute};
 use bytes::Bytes;
+use std::ops::Range;
 use std::sync::Arc;
 
 /// Caps that apply while a request is expanded.
@@ -30,6 +32,49 @@ impl Invalid {
         self.count += 1;
         self.first.get_or_insert(e);
     }
+}
+
+/// Decodes and routes one entry in a single pass over its bytes, when it has the
+/// common shape (`entry_head`): `skip_value` moves past the record's values that are
+/// neither str nor bin, `skip_element` past entry elements after the record. `None` leaves the entry
+/// to the event iterator, which decodes it (and reports what is wrong with it) in full.
+#[inline(always)]
+fn route_entry<'a>(
+    c: &mut Cursor<'a>,
+    data: &'a [u8],
+    router: &Router,
+    tag: &TagRoute,
+    skip_value: &mut impl FnMut(&mut Cursor<'a>) -> Result<Range<usize>, ReadError>,
+    skip_element: &mut impl FnMut(&mut Cursor<'a>) -> Result<Range<usize>, ReadError>,
+) -> Option<Routed> {
+    let (time, elements) = entry_head(c, data)?;
+    let routed = router.route_record(data, tag, time, c, skip_value).ok()?;
+    for _ in 2..elements {
+        skip_element(c).ok()?;
+    }
+    Some(routed)
+}
+
+/// `route_entry` for an entry of a packed stream, which no scanner has seen: every skip
+/// enforces the depth cap the scanner would, counting the entry array as level 1 and
+/// the record as level 2, so that only entries the scanner accepts are routed here.
+#[inline(always)]
+fn route_packed_entry<'a>(
+    c: &mut Cursor<'a>,
+    data: &'a [u8],
+    router: &Router,
+    tag: &TagRoute,
+    max_depth: usize,
+) -> Option<Routed> {
+    let value_depth = max_depth.checked_sub(2)?;
+    route_entry(
+        c,
+        data,
+        router,
+        tag,
+        &mut |c| c.skip_capped(value_depth),
+        &mut |c| c.skip_capped(value_depth + 1),
+    )
 }
 
 /// Routes every valid event of `request` (decoded from `frame`) into one batch.
@@ -61,14 +106,29 @@ pub fn build_batch(
     let tag = router.route_tag(&data, tag_range.clone());
     let mut events = Vec::new();
     let mut invalid = Invalid::default();
-    let mut take = |ev: Result<Event, EventError>| match ev {
-        Ok(ev) => events.push(router.route(&data, &tag, ev)),
+    let mut take = |routed: Result<Routed, EventError>| match routed {
+        Ok(routed) => events.push(routed),
         Err(e) => invalid.add(e),
     };
+    let route = |ev: Result<Event, EventError>| ev.map(|ev| router.route(&data, &tag, ev));
     match &request.entries {
-        Entries::Message(ev) => take(ev.clone()),
+        Entries::Message(ev) => take(route(ev.clone())),
         Entries::Forward { start, count } => {
-            ForwardEvents::new(&data, *start, *count).for_each(&mut take)
+            let mut entries = ForwardEvents::new(&data, *start, *count);
+            loop {
+                // The frame was scanned whole, depth cap included, so a plain skip
+                // meets nothing the scanner would have refused.
+                let fused = entries.read_with(|c| {
+                    route_entry(c, &data, router, &tag, &mut |c| c.skip(), &mut |c| c.skip())
+                });
+                match fused {
+                    Some(routed) => take(Ok(routed)),
+                    None => match entries.next() {
+                        Some(ev) => take(route(ev)),
+                        None => break,
+                    },
+                }
+            }
         }
         Entries::Packed(range) => {
             let range = if compressed {
@@ -80,7 +140,18 @@ pub fn build_batch(
                 max_size: range.len(),
                 max_depth: limits.max_depth,
             };
-            PackedEvents::new(&data, range, packed).for_each(&mut take)
+            let mut entries = PackedEvents::new(&data, range, packed);
+            loop {
+                match entries
+                    .read_with(|c| route_packed_entry(c, &data, router, &tag, limits.max_depth))
+                {
+                    Some(routed) => take(Ok(routed)),
+                    None => match entries.next() {
+                        Some(ev) => take(route(ev)),
+                        None => break,
+                    },
+                }
+            }
         }
     }
     if events.is_empty() {
@@ -96,4 +167,199 @@ pub fn build_batch(
         spooled: Vec::new(),
     };
     Ok((Some(batch), invalid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RouteConfig;
+    use crate::forward::decode_request;
+    use crate::forward::msgpack::CAPPED_SKIP_DEPTH;
+    use crate::route::Line;
+
+    const TIME: [u8; 10] = [0xd7, 0x00, 0x65, 0x53, 0xf1, 0x00, 0, 0, 0, 7];
+
+    /// `[TIME, {"log": "hi", "TENANT_ID": "t", "n": value}]`
+    fn entry(value: &[u8]) -> Vec<u8> {
+        let mut e = vec![0x92];
+        e.extend_from_slice(&TIME);
+        e.extend_from_slice(&[0x83, 0xa3, b'l', b'o', b'g', 0xa2, b'h', b'i']);
+        e.extend_from_slice(&[0xa9]);
+        e.extend_from_slice(b"TENANT_ID");
+        e.extend_from_slice(&[0xa1, b't', 0xa1, b'n']);
+        e.extend_from_slice(value);
+        e
+    }
+
+    /// A value nesting `levels` non-empty arrays.
+    fn nested(levels: usize) -> Vec<u8> {
+        let mut v = vec![0x91; levels];
+        v.push(0x01);
+        v
+    }
+
+    fn packed_frame(entries: &[u8]) -> Vec<u8> {
+        let mut f = vec![0x92, 0xa1, b't', 0xc6];
+        f.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+        f.extend_from_slice(entries);
+        f
+    }
+
+    fn forward_frame(entries: &[Vec<u8>]) -> Vec<u8> {
+        let mut f = vec![0x92, 0xa1, b't', 0x90 | entries.len() as u8];
+        entries.iter().for_each(|e| f.extend_from_slice(e));
+        f
+    }
+
+    /// What the batch holds: its routed events, the invalid count and first reason.
+    type Outcome = (Vec<Routed>, u64, Option<EventError>);
+
+    fn built(frame: &[u8], max_depth: usize) -> Outcome {
+        let router = Router::new(&RouteConfig::default()).unwrap();
+        let request = decode_request(frame).unwrap();
+        let limits = BatchLimits {
+            max_depth,
+            max_decompressed: 1 << 20,
+        };
+        let frame = Bytes::copy_from_slice(frame);
+        let (batch, invalid) = build_batch(frame, &request, &router, limits, &"p".into()).unwrap();
+        let events = batch.map(|b| b.events).unwrap_or_default();
+        (events, invalid.count, invalid.first)
+    }
+
+    /// The same request through the event iterators and `Router::route` alone.
+    fn by_iterators(frame: &[u8], max_depth: usize) -> Outcome {
+        let router = Router::new(&RouteConfig::default()).unwrap();
+        let request = decode_request(frame).unwrap();
+        let tag = router.route_tag(frame, request.tag.clone());
+        let results: Vec<_> = match request.entries {
+            Entries::Forward { start, count } => ForwardEvents::new(frame, start, count).collect(),
+            Entries::Packed(range) => {
+                let limits = Limits {
+                    max_size: range.len(),
+                    max_depth,
+                };
+                PackedEvents::new(frame, range, limits).collect()
+            }
+            Entries::Message(_) => unreachable!("not used here"),
+        };
+        let mut outcome: Outcome = (Vec::new(), 0, None);
+        for r in results {
+            match r {
+                Ok(ev) => outcome.0.push(router.route(frame, &tag, ev)),
+                Err(e) => {
+                    outcome.1 += 1;
+                    outcome.2.get_or_insert(e);
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Entries each path must treat alike, with the depth cap they are checked under.
+    fn cases() -> Vec<(Vec<Vec<u8>>, usize)> {
+        let mut v15 = vec![0x92, 0x92];
+        v15.extend_from_slice(&TIME);
+        v15.extend_from_slice(&[0x81, 0xa1, b'k', 0x91, 0x01]);
+        v15.extend_from_slice(&entry(&[0x01])[1 + TIME.len()..]);
+        let mut not_map = vec![0x92];
+        not_map.extend_from_slice(&TIME);
+        not_map.push(0x91);
+        not_map.push(0x01);
+        let mut string_time = entry(&[0x01]);
+        string_time.splice(1..1 + TIME.len(), [0xa1, b'x']);
+        let mut extra = entry(&[0x01]);
+        extra[0] = 0x94;
+        extra.extend_from_slice(&[0x91, 0x91, 0x01, 0xc0]);
+        vec![
+            (vec![entry(&[0x01]), entry(&nested(2)), extra.clone()], 4),
+            (vec![v15, not_map, string_time, entry(&[0xc0])], 4),
+            // Depth: entry array 1, record 2, then the value's own levels.
+            (
+                vec![entry(&nested(2)), entry(&nested(3)), entry(&[0x02])],
+                4,
+            ),
+            (vec![extra.clone(), entry(&[0x02])], 4),
+            (vec![extra, entry(&[0x02])], 5),
+            (vec![entry(&[0x01])], 1),
+            (vec![entry(&[0x01])], 2),
+            (vec![entry(&[0x80]), entry(&[0x90])], 2),
+            (
+                vec![entry(&nested(CAPPED_SKIP_DEPTH + 1)), entry(&[0x01])],
+                64,
+            ),
+            (
+                vec![entry(&nested(CAPPED_SKIP_DEPTH + 1))],
+                CAPPED_SKIP_DEPTH + 2,
+            ),
+            (vec![entry(&[0x01]), entry(&[0xc1]), entry(&[0x01])], 4),
+            (vec![entry(&[0x01]), entry(&[0xdb, 0xff, 0xff, 0, 0])], 4),
+        ]
+    }
+
+    #[test]
+    fn packed_entries_route_as_the_scanner_and_iterator_do() {
+        for (entries, max_depth) in cases() {
+            let frame = packed_frame(&entries.concat());
+            let got = built(&frame, max_depth);
+            assert_eq!(
+                got,
+                by_iterators(&frame, max_depth),
+                "{entries:x?} depth {max_depth}"
+            );
+            // Every prefix of the stream: the last entry is cut short.
+            let all = entries.concat();
+            for cut in 1..all.len() {
+                let frame = packed_frame(&all[..cut]);
+                assert_eq!(
+                    built(&frame, max_depth),
+                    by_iterators(&frame, max_depth),
+                    "{entries:x?} cut at {cut}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn packed_outcomes_at_the_depth_cap() {
+        let frame = packed_frame(&[entry(&nested(2)), entry(&nested(3)), entry(&[2])].concat());
+        let (events, invalid, first) = built(&frame, 4);
+        assert_eq!((events.len(), invalid), (1, 1));
+        assert_eq!(
+            first,
+            Some(EventError::Packed("nesting deeper than 4 levels".into()))
+        );
+        let (events, invalid, _) = built(&frame, 5);
+        assert_eq!((events.len(), invalid), (3, 0));
+        let Line::Bytes(line) = events[0].line else {
+            panic!("{:?}", events[0].line)
+        };
+        assert_eq!(line.get(&frame), b"hi");
+        assert_eq!(events[0].tenant.unwrap().get(&frame), b"t");
+        assert_eq!(events[0].time.nanos, 7);
+
+        let cut = packed_frame(&[&entry(&[0x01])[..], &entry(&[0x01])[..20]].concat());
+        let (events, invalid, first) = built(&cut, 4);
+        assert_eq!(
+            (events.len(), invalid, first),
+            (
+                1,
+                1,
+                Some(EventError::Packed(
+                    "20 trailing bytes are an incomplete entry".into()
+                ))
+            )
+        );
+    }
+
+    #[test]
+    fn forward_entries_route_as_the_iterator_does() {
+        for (entries, _) in cases() {
+            let frame = forward_frame(&entries);
+            if crate::forward::msgpack::Cursor::new(&frame).skip() != Ok(0..frame.len()) {
+                continue; // not a frame the scanner would pass on
+            }
+            assert_eq!(built(&frame, 4), by_iterators(&frame, 4), "{entries:x?}");
+        }
+    }
 }

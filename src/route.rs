@@ -2,7 +2,7 @@
 //! over the record's keys, no allocation: the result is byte spans of the request.
 
 use crate::config::RouteConfig;
-use crate::forward::msgpack::{Cursor, Kind};
+use crate::forward::msgpack::{Cursor, ReadError};
 use crate::forward::{Event, EventTime};
 use regex::bytes::Regex;
 use std::ops::Range;
@@ -74,28 +74,140 @@ pub struct TagRoute {
 /// The routing rules of a gateway.
 #[derive(Debug, Clone)]
 pub struct Router {
-    tenant_keys: Vec<Box<[u8]>>,
-    service_keys: Vec<Box<[u8]>>,
-    line_keys: Vec<Box<[u8]>>,
-    container_key: Box<[u8]>,
+    /// Every distinct routing key with what it routes, so that each record key is
+    /// looked up once.
+    keys: Vec<RoutingKey>,
+    /// Bit `n` set when some routing key is `n` bytes long (bit 63: 63 or more), to pass
+    /// over most other record keys without comparing bytes.
+    key_lengths: u64,
     tag_regex: Option<Regex>,
+}
+
+/// One routing key and its rank in each list it appears in (its first position there:
+/// a key earlier in its list wins).
+#[derive(Debug, Clone)]
+struct RoutingKey {
+    key: Box<[u8]>,
+    tenant: Option<usize>,
+    service: Option<usize>,
+    line: Option<usize>,
+    container: bool,
 }
 
 /// Length of the container id prefix in a seed line, as `docker ps` shows it.
 pub const SHORT_ID_LEN: usize = 12;
 
-fn keys(list: &[String]) -> Vec<Box<[u8]>> {
-    list.iter().map(|k| k.as_bytes().into()).collect()
+fn length_bit(len: usize) -> u64 {
+    1 << len.min(63)
+}
+
+fn routing_keys(config: &RouteConfig) -> Vec<RoutingKey> {
+    let mut keys: Vec<RoutingKey> = Vec::new();
+    let mut entry = |key: &str| -> usize {
+        match keys.iter().position(|k| *k.key == *key.as_bytes()) {
+            Some(at) => at,
+            None => {
+                keys.push(RoutingKey {
+                    key: key.as_bytes().into(),
+                    tenant: None,
+                    service: None,
+                    line: None,
+                    container: false,
+                });
+                keys.len() - 1
+            }
+        }
+    };
+    let mut ranks = Vec::new();
+    for (rank, key) in config.tenant_keys.iter().enumerate() {
+        ranks.push((entry(key), 0, rank));
+    }
+    for (rank, key) in config.service_keys.iter().enumerate() {
+        ranks.push((entry(key), 1, rank));
+    }
+    for (rank, key) in config.line_keys.iter().enumerate() {
+        ranks.push((entry(key), 2, rank));
+    }
+    let container = entry(&config.container_id_key);
+    keys[container].container = true;
+    for (at, list, rank) in ranks {
+        let k = &mut keys[at];
+        let slot = match list {
+            0 => &mut k.tenant,
+            1 => &mut k.service,
+            _ => &mut k.line,
+        };
+        // A key listed twice keeps its first (best) rank.
+        slot.get_or_insert(rank);
+    }
+    keys
+}
+
+/// What the keys of one record gave, before the tag's fallbacks, each with the rank of
+/// the key that gave it.
+#[derive(Debug, Default)]
+struct Found {
+    tenant: Option<(usize, Span)>,
+    service: Option<(usize, Span)>,
+    line: Option<(usize, Line)>,
+    container: Option<Span>,
+}
+
+/// True when `rank` beats the rank of what was already found.
+#[inline]
+fn beats(rank: Option<usize>, found: Option<usize>) -> Option<usize> {
+    rank.filter(|&r| found.is_none_or(|f| r < f))
+}
+
+impl Found {
+    /// Notes one key/value pair whose key is a routing key. `payload` is the value's
+    /// payload when it is a str or bin, `value` the whole value.
+    #[inline]
+    fn note(&mut self, key: &RoutingKey, is_str: bool, payload: Option<Span>, value: Span) {
+        let string = payload.filter(|_| is_str);
+        if let Some(s) = string {
+            if let Some(rank) = beats(key.tenant, self.tenant.map(|t| t.0)) {
+                self.tenant = Some((rank, s));
+            }
+            if let Some(rank) = beats(key.service, self.service.map(|t| t.0)) {
+                self.service = Some((rank, s));
+            }
+        }
+        if let Some(rank) = beats(key.line, self.line.map(|t| t.0)) {
+            let line = match payload {
+                Some(s) => Line::Bytes(s),
+                None => Line::Json(value),
+            };
+            self.line = Some((rank, line));
+        }
+        if key.container && self.container.is_none() {
+            if let Some(mut s) = string {
+                s.end = s.end.min(s.start + SHORT_ID_LEN as u32);
+                self.container = Some(s);
+            }
+        }
+    }
+
+    fn routed(self, tag: &TagRoute, time: EventTime, record: Span) -> Routed {
+        Routed {
+            time,
+            tenant: self.tenant.map(|t| t.1).or(tag.tenant),
+            service: self.service.map(|t| t.1).or(tag.service),
+            container: self.container.unwrap_or(tag.tag),
+            line: self.line.map(|l| l.1).unwrap_or(Line::Json(record)),
+            record,
+        }
+    }
 }
 
 impl Router {
     /// Builds the router; the config must have passed validation (the regex compiles).
     pub fn new(config: &RouteConfig) -> Result<Router, regex::Error> {
+        let keys = routing_keys(config);
+        let key_lengths = keys.iter().fold(0, |m, k| m | length_bit(k.key.len()));
         Ok(Router {
-            tenant_keys: keys(&config.tenant_keys),
-            service_keys: keys(&config.service_keys),
-            line_keys: keys(&config.line_keys),
-            container_key: config.container_id_key.as_bytes().into(),
+            keys,
+            key_lengths,
             tag_regex: if config.tag_regex.is_empty() {
                 None
             } else {
@@ -126,78 +238,95 @@ impl Router {
         route
     }
 
-    /// Routes one event whose record lies in `data`.
+    /// The routing key that `key` is, if any.
+    #[inline]
+    fn routing_key(&self, key: &[u8]) -> Option<&RoutingKey> {
+        if self.key_lengths & length_bit(key.len()) == 0 {
+            return None;
+        }
+        self.keys.iter().find(|k| *k.key == *key)
+    }
+
+    /// Routes one event whose record lies in `data`. A record that turns out malformed
+    /// part-way is routed by the pairs before the bad one.
     #[inline]
     pub fn route(&self, data: &[u8], tag: &TagRoute, event: Event) -> Routed {
-        // Rank of the key that gave each value: a key earlier in its list wins.
-        let mut tenant: Option<(usize, Span)> = None;
-        let mut service: Option<(usize, Span)> = None;
-        let mut line: Option<(usize, Line)> = None;
-        let mut container: Option<Span> = None;
-
         let mut c = Cursor::at(data, event.record.start);
-        let pairs = c.map_len().unwrap_or(0);
+        let mut found = Found::default();
+        if let Ok(pairs) = c.map_len() {
+            // Errors only cut the walk short; what was found before still counts.
+            let _ = self.walk_pairs(data, &mut c, pairs, &mut found, &mut |c| c.skip());
+        }
+        found.routed(tag, event.time, Span::of(event.record))
+    }
+
+    /// Routes the record (a map) at the cursor in the same pass that finds its end,
+    /// with `skip` moving past each value that is not a str or bin: the cursor ends
+    /// after the record, and any value `skip` or the cursor rejects fails the whole
+    /// record. On records that `Cursor::skip` gets past, this is exactly `route` with
+    /// the record's range.
+    #[inline]
+    pub fn route_record<'a>(
+        &self,
+        data: &'a [u8],
+        tag: &TagRoute,
+        time: EventTime,
+        c: &mut Cursor<'a>,
+        skip: &mut impl FnMut(&mut Cursor<'a>) -> Result<Range<usize>, ReadError>,
+    ) -> Result<Routed, ReadError> {
+        let start = c.pos();
+        let pairs = c.map_len()?;
+        let mut found = Found::default();
+        let values_read = self.walk_pairs(data, c, pairs, &mut found, skip)?;
+        // A key that is not a string was taken for a value (as `route` always has), so
+        // the pairs walked may have stopped short of the record's end.
+        for _ in values_read..pairs.saturating_mul(2) {
+            skip(c)?;
+        }
+        Ok(found.routed(tag, time, Span::of(start..c.pos())))
+    }
+
+    /// Walks `pairs` key/value pairs at the cursor, noting every routing key in
+    /// `found`, and returns how many msgpack values it moved past. A key that is not a
+    /// string is not consumed: it is skipped as that pair's value.
+    #[inline(always)]
+    fn walk_pairs<'a>(
+        &self,
+        data: &'a [u8],
+        c: &mut Cursor<'a>,
+        pairs: u64,
+        found: &mut Found,
+        skip: &mut impl FnMut(&mut Cursor<'a>) -> Result<Range<usize>, ReadError>,
+    ) -> Result<u64, ReadError> {
+        let mut values = 0u64;
         for _ in 0..pairs {
-            let key = match c.peek_kind() {
-                Ok(Kind::Str) => c.str().ok(),
-                _ => None,
+            values += 1;
+            let key = match c.string_or_binary()? {
+                Some((key, true)) => key,
+                // A key that is not a str is taken for this pair's value: a bin one was
+                // just consumed, anything else is skipped.
+                Some((_, false)) => continue,
+                None => {
+                    skip(c)?;
+                    continue;
+                }
             };
             let value_start = c.pos();
-            let Ok(value) = c.skip() else { break };
-            let Some(key) = key else { continue };
-            let key = &data[key];
-            let payload = || {
-                let mut v = Cursor::at(data, value_start);
-                match v.peek_kind() {
-                    Ok(Kind::Str | Kind::Bin) => v.bytes().ok().map(Span::of),
-                    _ => None,
+            let (payload, is_str) = match c.string_or_binary()? {
+                Some((payload, is_str)) => (Some(Span::of(payload)), is_str),
+                None => {
+                    skip(c)?;
+                    (None, false)
                 }
             };
-            let string = || match Cursor::at(data, value_start).peek_kind() {
-                Ok(Kind::Str) => payload(),
-                _ => None,
-            };
-            if let Some(rank) = rank_of(&self.tenant_keys, key, tenant.map(|t| t.0)) {
-                if let Some(s) = string() {
-                    tenant = Some((rank, s));
-                }
-            }
-            if let Some(rank) = rank_of(&self.service_keys, key, service.map(|t| t.0)) {
-                if let Some(s) = string() {
-                    service = Some((rank, s));
-                }
-            }
-            if let Some(rank) = rank_of(&self.line_keys, key, line.map(|t| t.0)) {
-                let l = match payload() {
-                    Some(s) => Line::Bytes(s),
-                    None => Line::Json(Span::of(value.clone())),
-                };
-                line = Some((rank, l));
-            }
-            if container.is_none() && key == &*self.container_key {
-                if let Some(mut s) = string() {
-                    s.end = s.end.min(s.start + SHORT_ID_LEN as u32);
-                    container = Some(s);
-                }
+            values += 1;
+            if let Some(key) = self.routing_key(&data[key]) {
+                let value = Span::of(value_start..c.pos());
+                found.note(key, is_str, payload, value);
             }
         }
-        let record = Span::of(event.record);
-        Routed {
-            time: event.time,
-            tenant: tenant.map(|t| t.1).or(tag.tenant),
-            service: service.map(|t| t.1).or(tag.service),
-            container: container.unwrap_or(tag.tag),
-            line: line.map(|l| l.1).unwrap_or(Line::Json(record)),
-            record,
-        }
+        Ok(values)
     }
-}
-
-/// The position of `key` in `list` when it beats the rank already found.
-#[inline]
-fn rank_of(list: &[Box<[u8]>], key: &[u8], found: Option<usize>) -> Option<usize> {
-    let limit = found.unwrap_or(list.len());
-    list[..limit].iter().position(|k| **k == *key)
 }
 
 #[cfg(test)]
@@ -265,5 +394,100 @@ mod tests {
         let (r, _) = route(&config, &data, 5);
         assert_eq!((r.tenant, r.service), (None, None));
         assert_eq!(r.line, Line::Json(r.record));
+    }
+
+    /// `route_record` over `data[tag_len..]` with a plain skip, and where it ended.
+    fn route_record(
+        config: &RouteConfig,
+        data: &[u8],
+        tag_len: usize,
+    ) -> Result<(Routed, usize), ReadError> {
+        let r = Router::new(config).unwrap();
+        let tag = r.route_tag(data, 0..tag_len);
+        let mut c = Cursor::at(data, tag_len);
+        let routed = r.route_record(data, &tag, EventTime::default(), &mut c, &mut |c| c.skip())?;
+        Ok((routed, c.pos()))
+    }
+
+    #[test]
+    fn route_record_is_route_in_one_pass() {
+        let mut data = b"abcdef012345".to_vec();
+        data.extend(record(&[
+            ("container_id", "0123456789abcdef0123"),
+            ("log", "hello"),
+            ("TENANT_ID", "t1"),
+            ("SERVICE_ID", "s1"),
+        ]));
+        // A nested value and a bin line, then a byte past the record.
+        data[12] += 2;
+        data.extend_from_slice(&[0xa1, b'n', 0x91, 0x81, 0xa1, b'k', 0xc0]);
+        data.extend_from_slice(&[
+            0xa7, b'm', b'e', b's', b's', b'a', b'g', b'e', 0xc4, 1, b'b',
+        ]);
+        let record_end = data.len();
+        data.push(0x07);
+        let (routed, end) = route_record(&RouteConfig::default(), &data, 12).unwrap();
+        assert_eq!(end, record_end);
+        assert_eq!(routed.record, Span::of(12..record_end));
+        assert_eq!(
+            routed,
+            route(&RouteConfig::default(), &data[..record_end], 12).0
+        );
+        let Line::Bytes(line) = routed.line else {
+            panic!("{:?}", routed.line)
+        };
+        assert_eq!(line.get(&data), b"hello");
+    }
+
+    #[test]
+    fn route_record_keeps_the_non_string_key_walk_and_finds_the_end() {
+        // {1: "TENANT_ID", "x": "y"}: as in `route`, the integer key is taken for a
+        // value, so "TENANT_ID" reads as a key whose value is "x".
+        let mut data = b"t".to_vec();
+        data.extend_from_slice(&[0x82, 0x01, 0xa9]);
+        data.extend_from_slice(b"TENANT_ID");
+        data.extend_from_slice(&[0xa1, b'x', 0xa1, b'y']);
+        let (routed, end) = route_record(&RouteConfig::default(), &data, 1).unwrap();
+        assert_eq!(end, data.len());
+        assert_eq!(routed.tenant.unwrap().get(&data), b"x");
+        assert_eq!(routed, route(&RouteConfig::default(), &data, 1).0);
+    }
+
+    #[test]
+    fn route_record_fails_on_what_it_cannot_walk() {
+        let config = RouteConfig::default();
+        let mut data = b"t".to_vec();
+        data.extend(record(&[("log", "hello")]));
+        for cut in 2..data.len() {
+            assert_eq!(
+                route_record(&config, &data[..cut], 1).map(|r| r.1),
+                Err(ReadError::Truncated),
+                "cut at {cut}"
+            );
+        }
+        assert!(matches!(
+            route_record(&config, b"t\x91\x01", 1),
+            Err(ReadError::Type { .. })
+        ));
+        let reserved = [b't', 0x81, 0xa1, b'k', 0xc1];
+        assert_eq!(
+            route_record(&config, &reserved, 1).map(|r| r.1),
+            Err(ReadError::Reserved)
+        );
+    }
+
+    #[test]
+    fn a_key_listed_twice_keeps_its_best_rank() {
+        let config = RouteConfig {
+            tenant_keys: vec!["a".into(), "b".into(), "a".into()],
+            line_keys: vec!["a".into()],
+            ..RouteConfig::default()
+        };
+        let mut data = b"t".to_vec();
+        data.extend(record(&[("b", "1"), ("a", "2")]));
+        let (r, _) = route(&config, &data, 1);
+        assert_eq!(r.tenant.unwrap().get(&data), b"2");
+        let Line::Bytes(l) = r.line else { panic!() };
+        assert_eq!(l.get(&data), b"2");
     }
 }

@@ -3,8 +3,9 @@
 //! `build_batch`, and both output formats into a sink. Nothing may panic.
 //!
 //! Invariants checked besides: every range of a decoded request lies in its frame, an
-//! ack is one complete msgpack value, each published message has three frames, and
-//! every `json` body is valid JSON.
+//! ack is one complete msgpack value, each published message has three frames, every
+//! `json` body is valid JSON, and `build_batch` (which decodes and routes most entries
+//! in one pass) gives exactly what the event iterators and `Router::route` give.
 //!
 //! With `FWDGATE_FUZZ_VERBOSE` set, the outcome of every frame is printed to stderr, to
 //! check what the seeds exercise:
@@ -17,10 +18,14 @@ use bytes::{Buf, Bytes};
 use fwdgate::batch::{build_batch, BatchLimits};
 use fwdgate::config::{Format, OutputConfig, RouteConfig};
 use fwdgate::forward::ack::encode_ack;
+use fwdgate::forward::compression::decompress;
 use fwdgate::forward::json::{json_to_msgpack, starts_json, JsonScanner};
-use fwdgate::forward::{decode_request, Entries, Limits, Scanner};
+use fwdgate::forward::request::{ForwardEvents, PackedEvents};
+use fwdgate::forward::{
+    decode_request, Compression, Entries, EventError, EventTime, Limits, Request, Scanner,
+};
 use fwdgate::publish::format::{Encoder, Sink};
-use fwdgate::route::{Line, Router, Span};
+use fwdgate::route::{Line, Routed, Router, Span};
 use libfuzzer_sys::fuzz_target;
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
@@ -79,7 +84,6 @@ impl Sink for Frames {
         }
         Ok(())
     }
-
 }
 
 fn in_range(span: Span, len: usize) {
@@ -87,6 +91,68 @@ fn in_range(span: Span, len: usize) {
         span.start <= span.end && span.end as usize <= len,
         "{span:?} outside {len}"
     );
+}
+
+/// Routed events, the invalid count and the first reason.
+type Outcome = (Vec<Routed>, u64, Option<EventError>);
+
+/// What `build_batch` must give for `request`, worked out one walk at a time: each
+/// entry by the event iterators (packed ones through the scanner), then routed. `None`
+/// when the entries do not decompress.
+fn by_iterators(frame: &Bytes, request: &Request) -> Option<Outcome> {
+    let compressed = request.options.compressed != Compression::None;
+    let (data, tag) = match &request.entries {
+        Entries::Packed(range) if compressed => {
+            let mut plain = decompress(
+                request.options.compressed,
+                &frame[range.clone()],
+                BATCH_LIMITS.max_decompressed,
+            )
+            .ok()?;
+            let at = plain.len();
+            plain.extend_from_slice(&frame[request.tag.clone()]);
+            let end = plain.len();
+            (plain, at..end)
+        }
+        _ => (frame.to_vec(), request.tag.clone()),
+    };
+    let tag_route = router().route_tag(&data, tag.clone());
+    let results: Vec<_> = match &request.entries {
+        Entries::Message(ev) => vec![ev.clone()],
+        Entries::Forward { start, count } => ForwardEvents::new(&data, *start, *count).collect(),
+        Entries::Packed(range) => {
+            let range = if compressed {
+                0..tag.start
+            } else {
+                range.clone()
+            };
+            let limits = Limits {
+                max_size: range.len(),
+                max_depth: BATCH_LIMITS.max_depth,
+            };
+            PackedEvents::new(&data, range, limits).collect()
+        }
+    };
+    let mut outcome: Outcome = (Vec::new(), 0, None);
+    for r in results {
+        match r {
+            Ok(ev) => outcome.0.push(router().route(&data, &tag_route, ev)),
+            Err(e) => {
+                outcome.1 += 1;
+                outcome.2.get_or_insert(e);
+            }
+        }
+    }
+    Some(outcome)
+}
+
+/// Equal events, counting two "now" times (nil or zero on the wire) as equal.
+fn same_events(got: &[Routed], want: &[Routed], now: EventTime) -> bool {
+    got.len() == want.len()
+        && got.iter().zip(want).all(|(g, w)| {
+            let times = g.time == w.time || (g.time >= now && w.time >= now);
+            times && Routed { time: w.time, ..*g } == *w
+        })
 }
 
 /// Handles one frame as the connection does; false when the connection would close.
@@ -136,14 +202,24 @@ fn handle(frame: Bytes) -> bool {
         Entries::Packed(_) => "packed",
     };
     let (chunk, compressed) = (request.options.chunk.is_some(), request.options.compressed);
+    let now = EventTime::now();
+    let expected = by_iterators(&frame, &request);
     let (batch, invalid) = match build_batch(frame, &request, router(), BATCH_LIMITS, &peer) {
         Ok(r) => r,
         Err(e) => {
             note!("  {mode} {compressed:?}: batch failed: {e}");
+            assert!(expected.is_none(), "build_batch failed alone: {e}");
             return false;
         }
     };
     assert_eq!(invalid.count == 0, invalid.first.is_none());
+    let (want_events, want_count, want_first) = expected.expect("entries decompress");
+    let got_events = batch.as_ref().map_or(&[][..], |b| &b.events[..]);
+    assert!(
+        same_events(got_events, &want_events, now),
+        "routed {got_events:?}, one walk at a time {want_events:?}"
+    );
+    assert_eq!((invalid.count, &invalid.first), (want_count, &want_first));
     note!(
         "  {mode} {compressed:?} chunk={chunk}: {} events, {} invalid {:?}",
         batch.as_ref().map_or(0, |b| b.events.len()),

@@ -116,8 +116,12 @@ pub fn decode_request(frame: &[u8]) -> Result<Request, RequestError> {
         Kind::Array if !is_v15_time(&c) => {
             let count = c.array_len()?;
             let start = c.pos();
-            for _ in 0..count {
-                c.skip()?;
+            // Only an option after the entries needs their end; the frame was scanned
+            // whole, so the entries themselves are read (and checked) later.
+            if len > 2 {
+                for _ in 0..count {
+                    c.skip()?;
+                }
             }
             (Entries::Forward { start, count }, 2)
         }
@@ -257,6 +261,27 @@ fn decode_entry<'a>(c: &mut Cursor<'a>, buf: &'a [u8]) -> Result<Event, EventErr
     result
 }
 
+/// Reads the head of a `[time, record, ...]` entry when it has the common shape: an
+/// array of at least two elements whose time is not an array (so is one scalar value)
+/// and reads as a time, and whose record is a map. Returns the time and the element
+/// count, with the cursor at the record. `None` for anything else, which
+/// `decode_entry` handles (and explains), as it does v1.5 `[time, metadata]` times.
+#[inline]
+pub fn entry_head(c: &mut Cursor<'_>, buf: &[u8]) -> Option<(EventTime, u64)> {
+    if c.peek_kind().ok()? != Kind::Array {
+        return None;
+    }
+    let elements = c.array_len().ok()?;
+    if elements < 2 || c.peek_kind().ok()? == Kind::Array {
+        return None;
+    }
+    let time = read_time(c, buf).ok()?;
+    if c.peek_kind().ok()? != Kind::Map {
+        return None;
+    }
+    Some((time, elements))
+}
+
 /// The events of a Forward-mode request.
 pub struct ForwardEvents<'a> {
     cursor: Cursor<'a>,
@@ -271,6 +296,22 @@ impl<'a> ForwardEvents<'a> {
             buf: frame,
             left: count,
         }
+    }
+}
+
+impl<'a> ForwardEvents<'a> {
+    /// Reads the next entry with `read` instead of `next`, when `read` can: it gets a
+    /// cursor at the entry and returns `None` to leave the entry to `next`, untouched.
+    #[inline]
+    pub fn read_with<R>(&mut self, read: impl FnOnce(&mut Cursor<'a>) -> Option<R>) -> Option<R> {
+        if self.left == 0 {
+            return None;
+        }
+        let mut c = self.cursor.clone();
+        let r = read(&mut c)?;
+        self.cursor = c;
+        self.left -= 1;
+        Some(r)
     }
 }
 
@@ -308,6 +349,23 @@ impl<'a> PackedEvents<'a> {
             end: range.end,
             scanner: Scanner::new(limits),
         }
+    }
+}
+
+impl<'a> PackedEvents<'a> {
+    /// Reads the next entry with `read` instead of `next`, when `read` can: it gets a
+    /// cursor at the entry that ends where the packed stream ends, and returns `None` to
+    /// leave the entry to `next`, untouched. `read` must accept only entries the scanner
+    /// accepts under this stream's limits, so it has to enforce the depth cap itself.
+    #[inline]
+    pub fn read_with<R>(&mut self, read: impl FnOnce(&mut Cursor<'a>) -> Option<R>) -> Option<R> {
+        if self.pos >= self.end {
+            return None;
+        }
+        let mut c = Cursor::at(&self.buf[..self.end], self.pos);
+        let r = read(&mut c)?;
+        self.pos = c.pos();
+        Some(r)
     }
 }
 
@@ -450,6 +508,63 @@ mod tests {
         assert_eq!(
             decode_request(&[0x93, 0xa1, b't', 0x80, 0x80]),
             Err(RequestError::BadEntries("map"))
+        );
+    }
+
+    #[test]
+    fn entry_head_takes_the_common_shape_only() {
+        let mut entry = vec![0x93];
+        entry.extend_from_slice(&TIME);
+        entry.extend_from_slice(&[0x80, 0x01]);
+        let mut c = Cursor::new(&entry);
+        let (time, elements) = entry_head(&mut c, &entry).unwrap();
+        assert_eq!((time.secs, elements), (1_700_000_000, 3));
+        assert_eq!(c.pos(), 1 + TIME.len(), "cursor at the record");
+
+        let mut v15 = vec![0x92, 0x91];
+        v15.extend_from_slice(&TIME);
+        v15.push(0x80);
+        let mut not_map = vec![0x92];
+        not_map.extend_from_slice(&TIME);
+        not_map.push(0x90);
+        let mut truncated = vec![0x92];
+        truncated.extend_from_slice(&TIME[..3]);
+        for bytes in [
+            &[0x81, 0x01, 0x80][..],
+            &[0x91, 0x01],
+            &[0x92, 0xa1, b'x', 0x80],
+            &v15,
+            &not_map,
+            &truncated,
+        ] {
+            assert_eq!(
+                entry_head(&mut Cursor::new(bytes), bytes),
+                None,
+                "{bytes:x?}"
+            );
+        }
+    }
+
+    #[test]
+    fn forward_entries_are_walked_in_decode_only_to_reach_an_option() {
+        let mut f = vec![0x92, 0xa1, b't', 0x92, 0x92, 0x01, 0x80];
+        // Without an option the entries are left to `ForwardEvents`, which stops at the
+        // first that is cut short (a scanned frame never has one).
+        assert_eq!(
+            decode_request(&f).unwrap().entries,
+            Entries::Forward { start: 4, count: 2 }
+        );
+        f[0] = 0x93;
+        f.push(0xc0);
+        f[3] = 0x91;
+        let r = decode_request(&f).unwrap();
+        assert_eq!(r.entries, Entries::Forward { start: 4, count: 1 });
+        assert_eq!(r.options, Options::default());
+        // An entry count that runs past the frame leaves no option to read.
+        f[3] = 0x92;
+        assert_eq!(
+            decode_request(&f),
+            Err(RequestError::Malformed(ReadError::Truncated))
         );
     }
 }
