@@ -38,6 +38,8 @@ const SUFFIX: &str = ".spool";
 /// The spool, shared by every connection task and the publisher.
 pub struct Spool {
     sender: Mutex<Option<std_mpsc::Sender<Append>>>,
+    /// The writer thread, joined by `close`.
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     state: Arc<Mutex<Segments>>,
 }
 
@@ -140,7 +142,12 @@ impl Spool {
         }));
         let mut replayed = Vec::new();
         for segment in segments {
-            let records = read_segment(&segment_path(&dir, segment)).map_err(dir_err)?;
+            let records = match read_segment(&segment_path(&dir, segment)) {
+                Ok(records) => records,
+                // Deleted since it was listed: all of it was published.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(dir_err(e)),
+            };
             if let Ok(mut s) = state.lock() {
                 s.outstanding.insert(segment, records.len() as u64);
                 s.collect(segment);
@@ -167,13 +174,14 @@ impl Spool {
             fsync_interval: Duration::from_millis(config.fsync_interval_ms),
             last_sync: Instant::now(),
         };
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("fwdgate-spool".into())
             .spawn(move || writer.run(receiver))
             .map_err(dir_err)?;
         Ok((
             Spool {
                 sender: Mutex::new(Some(sender)),
+                writer: Mutex::new(Some(writer)),
                 state,
             },
             replayed,
@@ -206,10 +214,17 @@ impl Spool {
         })
     }
 
-    /// Stops the writer thread once every append sent so far is written.
+    /// Stops the writer thread once every append sent so far is written, and waits
+    /// for it: afterwards the spool's files are left as the next start will find them.
     pub fn close(&self) {
         if let Ok(mut s) = self.sender.lock() {
             s.take();
+        }
+        let writer = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(writer) = writer {
+            if writer.join().is_err() {
+                tracing::error!("the spool writer thread panicked");
+            }
         }
     }
 }
