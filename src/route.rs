@@ -277,18 +277,13 @@ impl Router {
         let start = c.pos();
         let pairs = c.map_len()?;
         let mut found = Found::default();
-        let values_read = self.walk_pairs(data, c, pairs, &mut found, skip)?;
-        // A key that is not a string was taken for a value (as `route` always has), so
-        // the pairs walked may have stopped short of the record's end.
-        for _ in values_read..pairs.saturating_mul(2) {
-            skip(c)?;
-        }
+        self.walk_pairs(data, c, pairs, &mut found, skip)?;
         Ok(found.routed(tag, time, Span::of(start..c.pos())))
     }
 
     /// Walks `pairs` key/value pairs at the cursor, noting every routing key in
-    /// `found`, and returns how many msgpack values it moved past. A key that is not a
-    /// string is not consumed: it is skipped as that pair's value.
+    /// `found`. A pair whose key is not a str cannot be a routing key: its key and
+    /// value are both skipped.
     #[inline(always)]
     fn walk_pairs<'a>(
         &self,
@@ -297,16 +292,17 @@ impl Router {
         pairs: u64,
         found: &mut Found,
         skip: &mut impl FnMut(&mut Cursor<'a>) -> Result<Range<usize>, ReadError>,
-    ) -> Result<u64, ReadError> {
-        let mut values = 0u64;
+    ) -> Result<(), ReadError> {
         for _ in 0..pairs {
-            values += 1;
             let key = match c.string_or_binary()? {
                 Some((key, true)) => key,
-                // A key that is not a str is taken for this pair's value: a bin one was
-                // just consumed, anything else is skipped.
-                Some((_, false)) => continue,
+                // A bin key was just consumed; any other key is skipped first.
+                Some((_, false)) => {
+                    skip(c)?;
+                    continue;
+                }
                 None => {
+                    skip(c)?;
                     skip(c)?;
                     continue;
                 }
@@ -319,13 +315,12 @@ impl Router {
                     (None, false)
                 }
             };
-            values += 1;
             if let Some(key) = self.routing_key(&data[key]) {
                 let value = Span::of(value_start..c.pos());
                 found.note(key, is_str, payload, value);
             }
         }
-        Ok(values)
+        Ok(())
     }
 }
 
@@ -440,16 +435,25 @@ mod tests {
     }
 
     #[test]
-    fn route_record_keeps_the_non_string_key_walk_and_finds_the_end() {
-        // {1: "TENANT_ID", "x": "y"}: as in `route`, the integer key is taken for a
-        // value, so "TENANT_ID" reads as a key whose value is "x".
+    fn a_non_string_key_skips_its_pair_only() {
+        // {1: "TENANT_ID", "x": "y"}: the pair with the integer key is skipped whole;
+        // "TENANT_ID" is that pair's value, not a key, so no tenant is found.
         let mut data = b"t".to_vec();
         data.extend_from_slice(&[0x82, 0x01, 0xa9]);
         data.extend_from_slice(b"TENANT_ID");
         data.extend_from_slice(&[0xa1, b'x', 0xa1, b'y']);
         let (routed, end) = route_record(&RouteConfig::default(), &data, 1).unwrap();
         assert_eq!(end, data.len());
-        assert_eq!(routed.tenant.unwrap().get(&data), b"x");
+        assert_eq!(routed.tenant, None);
+        assert_eq!(routed, route(&RouteConfig::default(), &data, 1).0);
+        // {1: 2, "TENANT_ID": "t"} and a bin key: the pairs after them still route.
+        let mut data = b"t".to_vec();
+        data.extend_from_slice(&[0x83, 0x01, 0x02, 0xc4, 0x01, b'k', 0xa1, b'v', 0xa9]);
+        data.extend_from_slice(b"TENANT_ID");
+        data.extend_from_slice(&[0xa1, b't']);
+        let (routed, end) = route_record(&RouteConfig::default(), &data, 1).unwrap();
+        assert_eq!(end, data.len());
+        assert_eq!(routed.tenant.unwrap().get(&data), b"t");
         assert_eq!(routed, route(&RouteConfig::default(), &data, 1).0);
     }
 

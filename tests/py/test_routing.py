@@ -47,6 +47,21 @@ def test_non_string_key_values_are_skipped(gw, sub):
     ]
 
 
+def test_pairs_with_non_string_keys_are_skipped_whole(gw, sub):
+    """A pair whose key is not a string is skipped, key and value: its value is never
+    read as a key, so the pairs after it route as written."""
+    msgs = send_and_recv(gw, sub, "app", [
+        {1: "TENANT_ID", "x": "wrong", "TENANT_ID": "tkeys", "log": "int key"},
+        {None: "SERVICE_ID", "SERVICE_ID": "skeys", "log": "nil key"},
+        {(1, 2): "TENANT_ID", "TENANT_ID": "tkeys", "log": "array key"},
+    ])
+    assert msgs == [
+        [b"tkeys", b"default", b"app: int key"],
+        [b"default", b"skeys", b"app: nil key"],
+        [b"tkeys", b"default", b"app: array key"],
+    ]
+
+
 def test_custom_tenant_and_service_keys_in_order(start_gateway, subscribe):
     gw = start_gateway("--tenant-key", "tenant", "--tenant-key", "ns",
                        "--service-key", "svc", "--service-key", "app")
