@@ -77,6 +77,10 @@ fn route_packed_entry<'a>(
     )
 }
 
+/// The most events room is made for in advance (the rest grow the vector as usual):
+/// the estimates come from what a peer sent.
+const PRESIZE_MAX: usize = 1 << 16;
+
 /// Routes every valid event of `request` (decoded from `frame`) into one batch.
 /// The batch is `None` when no event was valid. Only a decompression failure fails the
 /// whole request.
@@ -106,14 +110,16 @@ pub fn build_batch(
     let tag = router.route_tag(&data, tag_range.clone());
     let mut events = Vec::new();
     let mut invalid = Invalid::default();
-    let mut take = |routed: Result<Routed, EventError>| match routed {
+    let mut take = |events: &mut Vec<Routed>, routed: Result<Routed, EventError>| match routed {
         Ok(routed) => events.push(routed),
         Err(e) => invalid.add(e),
     };
     let route = |ev: Result<Event, EventError>| ev.map(|ev| router.route(&data, &tag, ev));
     match &request.entries {
-        Entries::Message(ev) => take(route(ev.clone())),
+        Entries::Message(ev) => take(&mut events, route(ev.clone())),
         Entries::Forward { start, count } => {
+            // The frame was scanned whole, so `count` entries are really there.
+            events.reserve((*count as usize).min(PRESIZE_MAX));
             let mut entries = ForwardEvents::new(&data, *start, *count);
             loop {
                 // The frame was scanned whole, depth cap included, so a plain skip
@@ -122,9 +128,9 @@ pub fn build_batch(
                     route_entry(c, &data, router, &tag, &mut |c| c.skip(), &mut |c| c.skip())
                 });
                 match fused {
-                    Some(routed) => take(Ok(routed)),
+                    Some(routed) => take(&mut events, Ok(routed)),
                     None => match entries.next() {
-                        Some(ev) => take(route(ev)),
+                        Some(ev) => take(&mut events, route(ev)),
                         None => break,
                     },
                 }
@@ -140,16 +146,23 @@ pub fn build_batch(
                 max_size: range.len(),
                 max_depth: limits.max_depth,
             };
+            let total = range.len();
             let mut entries = PackedEvents::new(&data, range, packed);
             loop {
                 match entries
                     .read_with(|c| route_packed_entry(c, &data, router, &tag, limits.max_depth))
                 {
-                    Some(routed) => take(Ok(routed)),
+                    Some(routed) => take(&mut events, Ok(routed)),
                     None => match entries.next() {
-                        Some(ev) => take(route(ev)),
+                        Some(ev) => take(&mut events, route(ev)),
                         None => break,
                     },
+                }
+                if events.len() == 1 {
+                    // A stream's entries are mostly alike in size: room for as many
+                    // more as the first one's size fits in what is left.
+                    let first = (total - entries.remaining()).max(1);
+                    events.reserve((entries.remaining() / first).min(PRESIZE_MAX));
                 }
             }
         }

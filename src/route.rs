@@ -97,6 +97,24 @@ struct RoutingKey {
 /// Length of the container id prefix in a seed line, as `docker ps` shows it.
 pub const SHORT_ID_LEN: usize = 12;
 
+/// `a == b`, without a call to `memcmp` for the short keys records are made of: two
+/// overlapping word loads compare keys of 4 to 16 bytes, a byte loop shorter ones.
+#[inline(always)]
+pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word8 = |s: &[u8], at: usize| s[at..at + 8].try_into().map(u64::from_ne_bytes).ok();
+    let word4 = |s: &[u8], at: usize| s[at..at + 4].try_into().map(u32::from_ne_bytes).ok();
+    match n {
+        8..=16 => word8(a, 0) == word8(b, 0) && word8(a, n - 8) == word8(b, n - 8),
+        4..=7 => word4(a, 0) == word4(b, 0) && word4(a, n - 4) == word4(b, n - 4),
+        0..=3 => (0..n).all(|i| a[i] == b[i]),
+        _ => a == b,
+    }
+}
+
 fn length_bit(len: usize) -> u64 {
     1 << len.min(63)
 }
@@ -244,7 +262,7 @@ impl Router {
         if self.key_lengths & length_bit(key.len()) == 0 {
             return None;
         }
-        self.keys.iter().find(|k| *k.key == *key)
+        self.keys.iter().find(|k| same_bytes(&k.key, key))
     }
 
     /// Routes one event whose record lies in `data`. A record that turns out malformed
@@ -402,6 +420,24 @@ mod tests {
         let mut c = Cursor::at(data, tag_len);
         let routed = r.route_record(data, &tag, EventTime::default(), &mut c, &mut |c| c.skip())?;
         Ok((routed, c.pos()))
+    }
+
+    #[test]
+    fn same_bytes_is_slice_equality() {
+        let words: Vec<Vec<u8>> = (0..=20)
+            .map(|n| (0..n).map(|i| b'a' + i as u8).collect())
+            .collect();
+        for a in &words {
+            for b in &words {
+                assert_eq!(same_bytes(a, b), a == b);
+                // One byte changed anywhere is seen.
+                for at in 0..b.len() {
+                    let mut c = b.clone();
+                    c[at] ^= 0x20;
+                    assert_eq!(same_bytes(a, &c), *a == c, "{a:?} {c:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -358,6 +358,11 @@ impl<'a> PackedEvents<'a> {
     /// leave the entry to `next`, untouched. `read` must accept only entries the scanner
     /// accepts under this stream's limits, so it has to enforce the depth cap itself.
     #[inline]
+    /// Bytes of the stream not read yet.
+    pub fn remaining(&self) -> usize {
+        self.end.saturating_sub(self.pos)
+    }
+
     pub fn read_with<R>(&mut self, read: impl FnOnce(&mut Cursor<'a>) -> Option<R>) -> Option<R> {
         if self.pos >= self.end {
             return None;

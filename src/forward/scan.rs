@@ -43,6 +43,8 @@ pub struct Scanner {
     pos: usize,
     /// Items still expected in each open container, innermost last.
     open: Vec<u64>,
+    /// The buffer length the last `Ok(None)` waits for, when a declared length says.
+    awaiting: usize,
 }
 
 impl Scanner {
@@ -51,6 +53,7 @@ impl Scanner {
             limits,
             pos: 0,
             open: Vec::new(),
+            awaiting: 0,
         }
     }
 
@@ -67,6 +70,14 @@ impl Scanner {
     pub fn reset(&mut self) {
         self.pos = 0;
         self.open.clear();
+        self.awaiting = 0;
+    }
+
+    /// How long the buffer must be, at least, before the value in progress can be
+    /// complete: as far as a declared str, bin or ext length reaches, else the bytes
+    /// validated so far. Lets the reader make room for a large value at once.
+    pub fn awaiting(&self) -> usize {
+        self.awaiting.max(self.pos)
     }
 
     /// Returns the length of the complete value at the start of `buf`, `None` when more
@@ -92,6 +103,7 @@ impl Scanner {
                         return Err(self.too_large(end));
                     }
                     if (buf.len() as u64) < end {
+                        self.awaiting = end as usize;
                         return Ok(None);
                     }
                     self.pos = end as usize;
@@ -170,6 +182,22 @@ mod tests {
         assert_eq!(s.scan(&[0xd7, 0, 1, 2, 3, 4, 5, 6, 7, 8]), Ok(Some(10)));
         assert_eq!(s.scan(&[0xc7, 2, 0, 1, 2]), Ok(Some(5)));
         assert_eq!(s.scan(&[0xdb, 0, 0, 0, 1, b'z']), Ok(Some(6)));
+    }
+
+    #[test]
+    fn awaits_the_declared_end_of_a_large_payload() {
+        // ["tag", bin32 of 1000 bytes]: the end is known once the bin header is in.
+        let mut value = vec![0x92, 0xa3, b't', b'a', b'g', 0xc6, 0, 0, 0x03, 0xe8];
+        value.resize(value.len() + 1000, 7);
+        let mut s = scanner();
+        assert_eq!(s.scan(&value[..3]), Ok(None));
+        assert_eq!(s.awaiting(), 5);
+        assert_eq!(s.scan(&value[..12]), Ok(None));
+        assert_eq!(s.awaiting(), value.len());
+        assert_eq!(s.scan(&value[..900]), Ok(None));
+        assert_eq!(s.awaiting(), value.len());
+        assert_eq!(s.scan(&value), Ok(Some(value.len())));
+        assert_eq!(s.awaiting(), 0);
     }
 
     #[test]

@@ -368,7 +368,7 @@ fn count_tenants(encoder: &Encoder, batch: &Batch, tenants: &TenantCounts) {
     for ev in &batch.events {
         let tenant = encoder.tenant_of(batch, ev);
         match runs.last_mut() {
-            Some((t, n)) if *t == tenant => *n += 1,
+            Some((t, n)) if crate::route::same_bytes(t, tenant) => *n += 1,
             _ => runs.push((tenant, 1)),
         }
     }

@@ -248,8 +248,14 @@ impl<S: AsyncRead + AsyncWrite + Readiness + Unpin> Connection<S> {
             };
             // On shutdown, a request already begun is read to its end first (the server
             // bounds how long it waits for that).
+            // A large request whose size is declared up front gets its room at once
+            // instead of growing (and being copied) read after read.
+            let needed = match &self.framing {
+                Framing::Msgpack(scanner) => scanner.awaiting().saturating_sub(self.buf.len()),
+                _ => 0,
+            };
             let n = tokio::select! {
-                r = read_when_ready(&mut self.stream, &mut self.buf) => r?,
+                r = read_when_ready(&mut self.stream, &mut self.buf, needed) => r?,
                 _ = cancel.cancelled(), if idle => return Ok(()),
                 _ = sleep_until_opt(deadline) => {
                     self.publish_expired().await?;
@@ -533,8 +539,13 @@ impl<S: AsyncRead + AsyncWrite + Readiness + Unpin> Connection<S> {
 }
 
 /// Reads into `buf` once the stream is readable. An empty `buf` gets its space only
-/// then, so a connection waiting for its next request holds no buffer.
-async fn read_when_ready<S>(stream: &mut S, buf: &mut BytesMut) -> std::io::Result<usize>
+/// then, so a connection waiting for its next request holds no buffer. `needed`: bytes
+/// the request in progress is known to lack.
+async fn read_when_ready<S>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    needed: usize,
+) -> std::io::Result<usize>
 where
     S: AsyncRead + Readiness + Unpin,
 {
@@ -542,7 +553,7 @@ where
         stream.ready_to_read().await?;
         buf.reserve(IDLE_READ);
     } else {
-        buf.reserve(BUSY_READ);
+        buf.reserve(needed.max(BUSY_READ));
     }
     stream.read_buf(buf).await
 }
