@@ -470,8 +470,10 @@ impl<S: AsyncRead + AsyncWrite + Readiness + Unpin> Connection<S> {
             // Metrics and traces carry cmetrics/ctraces payloads, not log records.
             counters.signal_requests.fetch_add(1, Ordering::Relaxed);
         } else {
+            // The spool keeps the request's bytes; without one the frame moves on.
+            let spooled_frame = shared.spool.as_ref().map(|_| frame.clone());
             let (batch, invalid) = build_batch(
-                frame.clone(),
+                frame,
                 &request,
                 &shared.router,
                 shared.batch_limits,
@@ -485,7 +487,7 @@ impl<S: AsyncRead + AsyncWrite + Readiness + Unpin> Connection<S> {
             }
             if let Some(mut batch) = batch {
                 batch.peer_host = self.peer_host.clone();
-                if let Some(spool) = &shared.spool {
+                if let (Some(spool), Some(frame)) = (&shared.spool, spooled_frame) {
                     // On disk before the ack: a crash from here on loses nothing acked.
                     batch.spooled.push(spool.append(&self.peer, frame).await?);
                 }

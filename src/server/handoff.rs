@@ -8,7 +8,7 @@
 //! per record; merged, the cost is paid once per read.
 
 use crate::publish::Batch;
-use crate::route::{Line, Routed, Span};
+use crate::route::{same_bytes, Line, Routed, Span};
 use bytes::Bytes;
 
 /// A merged batch is handed off once it holds this many events or bytes, so that one
@@ -31,11 +31,21 @@ pub struct Handoff {
     pub chunks: Vec<Bytes>,
 }
 
-/// A batch whose data is `region[start..]` up to the end of its last request.
+/// A batch whose data will be `region[start..end]`, the requests merged into it. Until
+/// it is closed its `data` is its first request's bytes (which begin at `start`, so the
+/// spans hold), to spare a reference count update per request.
 struct Merging {
     batch: Batch,
     region: Bytes,
     start: usize,
+    end: usize,
+}
+
+impl Merging {
+    fn close(mut self) -> Batch {
+        self.batch.data = self.region.slice(self.start..self.end);
+        self.batch
+    }
 }
 
 impl Handoff {
@@ -45,11 +55,11 @@ impl Handoff {
     /// in between that published nothing (heartbeats, duplicates) are simply covered.
     pub fn merge(&mut self, batch: Batch, region: &Bytes, at: usize) {
         if let Some(m) = &mut self.merging {
-            let same_tag = m.batch.tag.get(&m.batch.data) == batch.tag.get(&batch.data);
+            let same_tag = same_bytes(m.batch.tag.get(&m.batch.data), batch.tag.get(&batch.data));
             let end = at + batch.data.len();
             if same_tag && m.region.as_ptr() == region.as_ptr() && end - m.start <= MAX_BYTES {
                 let shift = (at - m.start) as u32;
-                m.batch.data = region.slice(m.start..end);
+                m.end = end;
                 m.batch
                     .events
                     .extend(batch.events.iter().map(|e| shifted(e, shift)));
@@ -58,10 +68,12 @@ impl Handoff {
             }
         }
         self.close_merging();
+        let end = at + batch.data.len();
         self.merging = Some(Merging {
             batch,
             region: region.clone(),
             start: at,
+            end,
         });
     }
 
@@ -99,7 +111,7 @@ impl Handoff {
 
     fn close_merging(&mut self) {
         if let Some(m) = self.merging.take() {
-            self.ready.push(m.batch);
+            self.ready.push(m.close());
         }
     }
 }
