@@ -103,6 +103,10 @@ pub fn build_batch(
             let tag_at = plain.len();
             plain.extend_from_slice(&frame[request.tag.clone()]);
             let tag_end = plain.len();
+            // The buffer grew by doubling: give back what is unused before it waits in
+            // the queue, whose byte budget counts only what is used (shrinking in
+            // place costs no copy).
+            plain.shrink_to_fit();
             (Bytes::from(plain), tag_at..tag_end)
         }
         _ => (frame, request.tag.clone()),
