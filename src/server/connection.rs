@@ -115,6 +115,8 @@ impl ConnectionError {
 /// take few reads.
 const IDLE_READ: usize = 4 * 1024;
 const BUSY_READ: usize = 64 * 1024;
+/// The most room made at once for the declared rest of a large request.
+const RESERVE_AHEAD: usize = 1 << 20;
 
 /// Serves one connection until the client closes it, it sends bad input, or `cancel`
 /// fires (then requests already read are finished first). Logs the outcome.
@@ -555,7 +557,9 @@ where
         stream.ready_to_read().await?;
         buf.reserve(IDLE_READ);
     } else {
-        buf.reserve(needed.max(BUSY_READ));
+        // At most RESERVE_AHEAD past what has arrived: a peer that declares a 16 MiB
+        // request and sends nothing more gets no 16 MiB buffer.
+        buf.reserve(needed.clamp(BUSY_READ, RESERVE_AHEAD));
     }
     stream.read_buf(buf).await
 }
