@@ -457,7 +457,8 @@ def plot(results, path):
               ("gateway seed, taken in", "seed", "events_per_s", "#dd8452"),
               ("gateway seed, delivered to zmq-count", "seed", "delivered_per_s", "#8c564b"),
               ("gateway seed paced to target, delivered", "seed@rate", "delivered_per_s", "#55a868"),
-              ("gateway seed, slow_subscriber=block, delivered", "seed-nodrop", "delivered_per_s", "#9467bd")]
+              ("gateway seed, slow_subscriber=block, delivered", "seed-nodrop", "delivered_per_s", "#9467bd"),
+              ("gateway batch format, delivered", "batch", "delivered_per_s", "#64b5cd")]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5.5))
     w = 0.8 / len(series)
     for k, (name, case, key, color) in enumerate(series):
@@ -485,7 +486,8 @@ def plot(results, path):
     ax1.set_title("Throughput (64 connections)")
     ax1.legend(fontsize=8)
     series2 = [("loopback drain (ref)", "drain", "#bbbbbb"), ("gateway null", "null", "#4c72b0"),
-               ("gateway seed", "seed", "#dd8452"), ("gateway seed, paced", "seed@rate", "#55a868")]
+               ("gateway seed", "seed", "#dd8452"), ("gateway seed, paced", "seed@rate", "#55a868"),
+               ("gateway batch format, paced", "batch@rate", "#64b5cd")]
     w = 0.8 / len(series2)
     for k, (name, case, color) in enumerate(series2):
         xs, ys = [], []
