@@ -119,39 +119,27 @@ impl Listeners {
     ) -> Vec<JoinHandle<()>> {
         let mut tasks = Vec::new();
         for listener in self.tcp {
-            let (shared2, cancel2) = (shared.clone(), cancel.clone());
             tasks.push(tokio::spawn(accept_loop(
                 Tcp(listener),
                 tracker.clone(),
                 shared.clone(),
                 cancel.clone(),
-                move |stream, peer, identity, place| {
-                    serve(
-                        stream,
-                        peer,
-                        identity,
-                        place,
-                        shared2.clone(),
-                        cancel2.clone(),
-                    )
-                },
+                serve,
             )));
         }
         for listener in self.tls {
             let Some(acceptor) = self.acceptor.clone() else {
                 break;
             };
-            let (shared2, cancel2) = (shared.clone(), cancel.clone());
             tasks.push(tokio::spawn(accept_loop(
                 Tcp(listener),
                 tracker.clone(),
                 shared.clone(),
                 cancel.clone(),
-                move |stream, peer, identity, place| {
+                move |stream, peer, identity, place, shared: Arc<Shared>, cancel| {
                     // The TLS handshake runs in the connection's own task, so a slow
                     // client does not hold up the others.
-                    let (acceptor, shared, cancel) =
-                        (acceptor.clone(), shared2.clone(), cancel2.clone());
+                    let acceptor = acceptor.clone();
                     async move {
                         let reason = match tokio::time::timeout(
                             TLS_HANDSHAKE_TIMEOUT,
@@ -176,22 +164,12 @@ impl Listeners {
         }
         for (listener, path) in self.unix {
             let peer: Arc<str> = format!("unix:{}", path.display()).into();
-            let (shared2, cancel2) = (shared.clone(), cancel.clone());
             let accepting = accept_loop(
                 Unix { listener, peer },
                 tracker.clone(),
                 shared.clone(),
                 cancel.clone(),
-                move |stream, peer, identity, place| {
-                    serve(
-                        stream,
-                        peer,
-                        identity,
-                        place,
-                        shared2.clone(),
-                        cancel2.clone(),
-                    )
-                },
+                serve,
             );
             tasks.push(tokio::spawn(async move {
                 accepting.await;
@@ -266,8 +244,8 @@ impl Accept for Unix {
 }
 
 /// Accepts until `cancel` fires. Each connection that is admitted under the connection
-/// limits runs as `start(stream, peer, identity, place)` in `tracker`, holding its
-/// place until it ends.
+/// limits runs as `start(stream, peer, identity, place, shared, cancel)` in `tracker`,
+/// holding its place until it ends.
 async fn accept_loop<L, F, Fut>(
     listener: L,
     tracker: TaskTracker,
@@ -276,7 +254,7 @@ async fn accept_loop<L, F, Fut>(
     start: F,
 ) where
     L: Accept,
-    F: Fn(L::Stream, Arc<str>, Arc<str>, admission::Ticket) -> Fut,
+    F: Fn(L::Stream, Arc<str>, Arc<str>, admission::Ticket, Arc<Shared>, CancellationToken) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -291,7 +269,14 @@ async fn accept_loop<L, F, Fut>(
                 };
                 // The connection's future holds its place: wrapping it in another
                 // future instead would store it twice (the task's largest cost).
-                tracker.spawn(start(a.stream, a.peer, a.identity, place));
+                tracker.spawn(start(
+                    a.stream,
+                    a.peer,
+                    a.identity,
+                    place,
+                    shared.clone(),
+                    cancel.clone(),
+                ));
             }
             Err(e) => accept_failed(&e).await,
         }
