@@ -425,25 +425,33 @@ impl<'a> Cursor<'a> {
         let mut pending: u64 = 1;
         while pending > 0 {
             pending -= 1;
-            let h = header(&self.buf[self.pos.min(self.buf.len())..])
-                .ok_or(ReadError::Truncated)?
-                .map_err(|()| ReadError::Reserved)?;
-            match h {
-                Header::Scalar { len } => {
-                    let len = usize::try_from(len).map_err(|_| ReadError::Truncated)?;
-                    self.take(len)?;
-                }
-                Header::Container { header_len, items } => {
-                    self.take(header_len)?;
-                    // More items than bytes left cannot be real: stop before looping.
-                    if items > (self.buf.len() - self.pos) as u64 {
-                        return Err(ReadError::Truncated);
-                    }
-                    pending += items;
-                }
-            }
+            pending += self.step()?;
         }
         Ok(start..self.pos)
+    }
+
+    /// Moves past the next value's header, and a scalar's payload; returns how many
+    /// items the value holds (0 for a scalar), which follow at the cursor.
+    #[inline(always)]
+    fn step(&mut self) -> Result<u64, ReadError> {
+        let h = header(&self.buf[self.pos.min(self.buf.len())..])
+            .ok_or(ReadError::Truncated)?
+            .map_err(|()| ReadError::Reserved)?;
+        match h {
+            Header::Scalar { len } => {
+                let len = usize::try_from(len).map_err(|_| ReadError::Truncated)?;
+                self.take(len)?;
+                Ok(0)
+            }
+            Header::Container { header_len, items } => {
+                self.take(header_len)?;
+                // More items than bytes left cannot be real: stop before looping.
+                if items > (self.buf.len() - self.pos) as u64 {
+                    return Err(ReadError::Truncated);
+                }
+                Ok(items)
+            }
+        }
     }
 
     /// Skips one whole value like `skip`, also enforcing the scanner's depth rule: at
@@ -458,28 +466,14 @@ impl<'a> Cursor<'a> {
         let mut open = [0u64; CAPPED_SKIP_DEPTH];
         let mut depth = 0;
         loop {
-            let h = header(&self.buf[self.pos.min(self.buf.len())..])
-                .ok_or(ReadError::Truncated)?
-                .map_err(|()| ReadError::Reserved)?;
-            match h {
-                Header::Scalar { len } => {
-                    let len = usize::try_from(len).map_err(|_| ReadError::Truncated)?;
-                    self.take(len)?;
+            let items = self.step()?;
+            if items > 0 {
+                if depth == cap {
+                    return Err(ReadError::TooDeep(max_depth));
                 }
-                Header::Container { header_len, items } => {
-                    self.take(header_len)?;
-                    if items > (self.buf.len() - self.pos) as u64 {
-                        return Err(ReadError::Truncated);
-                    }
-                    if items > 0 {
-                        if depth == cap {
-                            return Err(ReadError::TooDeep(max_depth));
-                        }
-                        open[depth] = items;
-                        depth += 1;
-                        continue;
-                    }
-                }
+                open[depth] = items;
+                depth += 1;
+                continue;
             }
             // One item finished: close every container it was the last item of.
             loop {
