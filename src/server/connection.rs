@@ -321,20 +321,23 @@ impl<S: AsyncRead + AsyncWrite + Readiness + Unpin> Connection<S> {
         Ok(())
     }
 
-    /// Splits the next complete request off the buffer, if there is one. JSON requests
-    /// come back re-encoded as msgpack.
-    fn next_frame(&mut self) -> Result<Option<Bytes>, ConnectionError> {
-        let limits = self.shared.limits;
-        if let Framing::Unknown = self.framing {
-            let Some(&first) = self.buf.first() else {
-                return Ok(None);
-            };
+    /// Decides how requests are delimited from the connection's first byte, once it
+    /// has arrived.
+    fn decide_framing(&mut self) {
+        if let (Framing::Unknown, Some(&first)) = (&self.framing, self.buf.first()) {
+            let limits = self.shared.limits;
             self.framing = if starts_json(first) {
                 Framing::Json(JsonScanner::new(limits.max_size))
             } else {
                 Framing::Msgpack(Scanner::new(limits))
             };
         }
+    }
+
+    /// Splits the next complete request off the buffer, if there is one. JSON requests
+    /// come back re-encoded as msgpack.
+    fn next_frame(&mut self) -> Result<Option<Bytes>, ConnectionError> {
+        self.decide_framing();
         match &mut self.framing {
             Framing::Unknown => Ok(None),
             Framing::Msgpack(scanner) => Ok(scanner
@@ -354,19 +357,10 @@ impl<S: AsyncRead + AsyncWrite + Readiness + Unpin> Connection<S> {
     /// Handles every complete request in the buffer (only the first when `one_request`);
     /// true when there was one. Requests read together are handed off together.
     async fn handle_buffered(&mut self, one_request: bool) -> Result<bool, ConnectionError> {
-        if let Framing::Unknown = self.framing {
-            let Some(&first) = self.buf.first() else {
-                return Ok(false);
-            };
-            let limits = self.shared.limits;
-            self.framing = if starts_json(first) {
-                Framing::Json(JsonScanner::new(limits.max_size))
-            } else {
-                Framing::Msgpack(Scanner::new(limits))
-            };
-        }
+        self.decide_framing();
         let Framing::Msgpack(scanner) = &mut self.framing else {
             // JSON requests are re-encoded one by one; they are rare and never small.
+            // (Undecided framing means an empty buffer: `next_frame` finds nothing.)
             let mut any = false;
             while let Some(frame) = self.next_frame()? {
                 let len = frame.len();
