@@ -297,21 +297,13 @@ impl Worker {
         let mut dropped: Vec<(&[u8], u64)> = Vec::new();
         // Runs of one tenant take from its bucket once.
         let mut i = 0;
-        while i < batch.events.len() {
-            let tenant = self.encoder.tenant_of(batch, &batch.events[i]);
-            let mut j = i + 1;
-            while j < batch.events.len()
-                && self.encoder.tenant_of(batch, &batch.events[j]) == tenant
-            {
-                j += 1;
-            }
-            let run = (j - i) as u64;
+        for (tenant, run) in tenant_runs(&self.encoder, batch) {
             let allowed = limiter.take(tenant, run, now);
             kept.extend_from_slice(&batch.events[i..i + allowed as usize]);
             if allowed < run {
                 dropped.push((tenant, run - allowed));
             }
-            i = j;
+            i += run as usize;
         }
         if dropped.is_empty() {
             return;
@@ -364,6 +356,11 @@ enum Waited {
 /// case: one container per connection) make one run, so the shared map is locked once
 /// per batch and touched once per run.
 fn count_tenants(encoder: &Encoder, batch: &Batch, tenants: &TenantCounts) {
+    tenants.add_runs(tenant_runs(encoder, batch));
+}
+
+/// The batch's events as runs of one tenant, in order: (tenant, events in the run).
+fn tenant_runs<'a>(encoder: &'a Encoder, batch: &'a Batch) -> Vec<(&'a [u8], u64)> {
     let mut runs: Vec<(&[u8], u64)> = Vec::new();
     for ev in &batch.events {
         let tenant = encoder.tenant_of(batch, ev);
@@ -372,7 +369,7 @@ fn count_tenants(encoder: &Encoder, batch: &Batch, tenants: &TenantCounts) {
             _ => runs.push((tenant, 1)),
         }
     }
-    tenants.add_runs(runs);
+    runs
 }
 
 /// Frames straight onto the socket. Without `block`, a subscriber past its high-water
