@@ -22,16 +22,21 @@ pub enum TlsError {
     Config(String),
 }
 
+/// Every certificate in the PEM file at `path`; `what` names them in errors.
+fn pem_certs(path: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Pem {
+            what,
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
 /// Builds the acceptor for `[input.tls]`, with rustls' safe defaults (TLS 1.2 and 1.3,
 /// modern cipher suites only).
 pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
-    let certs = CertificateDer::pem_file_iter(&config.cert_file)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| TlsError::Pem {
-            what: "certificates",
-            path: config.cert_file.clone(),
-            reason: e.to_string(),
-        })?;
+    let certs = pem_certs(&config.cert_file, "certificates")?;
     if certs.is_empty() {
         return Err(TlsError::Pem {
             what: "certificates",
@@ -52,13 +57,7 @@ pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
         builder.with_no_client_auth()
     } else {
         let mut roots = RootCertStore::empty();
-        let cas = CertificateDer::pem_file_iter(&config.client_ca_file)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| TlsError::Pem {
-                what: "CA certificates",
-                path: config.client_ca_file.clone(),
-                reason: e.to_string(),
-            })?;
+        let cas = pem_certs(&config.client_ca_file, "CA certificates")?;
         for ca in cas {
             roots
                 .add(ca)
