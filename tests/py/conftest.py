@@ -41,6 +41,19 @@ def require_binary():
         pytest.fail("fwdgate binary not found at %s (set FWDGATE_BIN)" % FWDGATE_BIN, pytrace=False)
 
 
+def terminate(proc):
+    """SIGTERM a process still running and wait for it; SIGKILL it if it outlasts
+    STOP_TIMEOUT."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(STOP_TIMEOUT)
+
+
 def clean_env(extra=None) -> dict:
     """The test process environment without any FWDGATE_* or RUST_LOG variable."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FWDGATE_") and k != "RUST_LOG"}
@@ -174,13 +187,7 @@ class Gateway:
             self._probe_client = None
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(STOP_TIMEOUT)
+        terminate(self.proc)
         # The process has exited, but its last lines may still be in the pipe: wait for
         # the reader to reach the end, so the logs are complete when stop() returns.
         self._reader.join(STOP_TIMEOUT)
@@ -411,13 +418,7 @@ class Tail:
                 others.append(ln)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(STOP_TIMEOUT)
+        terminate(self.proc)
         self.errfile.close()
 
 
