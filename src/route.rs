@@ -357,6 +357,18 @@ mod tests {
         v
     }
 
+    /// A 12-byte tag, then a record as Docker sends it.
+    fn docker_data() -> Vec<u8> {
+        let mut data = b"abcdef012345".to_vec();
+        data.extend(record(&[
+            ("container_id", "0123456789abcdef0123"),
+            ("log", "hello"),
+            ("TENANT_ID", "t1"),
+            ("SERVICE_ID", "s1"),
+        ]));
+        data
+    }
+
     fn route(config: &RouteConfig, data: &[u8], tag_len: usize) -> (Routed, TagRoute) {
         let r = Router::new(config).unwrap();
         let tag = r.route_tag(data, 0..tag_len);
@@ -369,13 +381,7 @@ mod tests {
 
     #[test]
     fn docker_record() {
-        let mut data = b"abcdef012345".to_vec();
-        data.extend(record(&[
-            ("container_id", "0123456789abcdef0123"),
-            ("log", "hello"),
-            ("TENANT_ID", "t1"),
-            ("SERVICE_ID", "s1"),
-        ]));
+        let data = docker_data();
         let (r, _) = route(&RouteConfig::default(), &data, 12);
         assert_eq!(r.tenant.unwrap().get(&data), b"t1");
         assert_eq!(r.service.unwrap().get(&data), b"s1");
@@ -442,13 +448,7 @@ mod tests {
 
     #[test]
     fn route_record_is_route_in_one_pass() {
-        let mut data = b"abcdef012345".to_vec();
-        data.extend(record(&[
-            ("container_id", "0123456789abcdef0123"),
-            ("log", "hello"),
-            ("TENANT_ID", "t1"),
-            ("SERVICE_ID", "s1"),
-        ]));
+        let mut data = docker_data();
         // A nested value and a bin line, then a byte past the record.
         data[12] += 2;
         data.extend_from_slice(&[0xa1, b'n', 0x91, 0x81, 0xa1, b'k', 0xc0]);

@@ -164,20 +164,29 @@ mod tests {
         f
     }
 
-    /// Routes every request of `region` and merges them; returns the batches.
-    fn merged(region: &Bytes, ends: &[usize]) -> Vec<Batch> {
+    /// Message requests `(tag, line, tenant)` read together, routed and merged: the
+    /// region they were read in, and the batches.
+    fn merged(requests: &[(&str, &str, &str)]) -> (Bytes, Vec<Batch>) {
+        let mut bytes = Vec::new();
+        let mut ends = Vec::new();
+        for (tag, line, tenant) in requests {
+            bytes.extend(message(tag, line, tenant));
+            ends.push(bytes.len());
+        }
+        let region = Bytes::from(bytes);
         let router = Router::new(&RouteConfig::default()).unwrap();
         let peer: Arc<str> = "test".into();
         let mut h = Handoff::default();
         let mut at = 0;
-        for &end in ends {
+        for end in ends {
             let frame = region.slice(at..end);
             let request = decode_request(&frame).unwrap();
             let (batch, _) = build_batch(frame, &request, &router, LIMITS, &peer).unwrap();
-            h.merge(batch.unwrap(), region, at);
+            h.merge(batch.unwrap(), &region, at);
             at = end;
         }
-        h.take_batches()
+        let batches = h.take_batches();
+        (region, batches)
     }
 
     fn lines(b: &Batch) -> Vec<(&[u8], &[u8])> {
@@ -194,13 +203,11 @@ mod tests {
 
     #[test]
     fn requests_with_one_tag_become_one_batch_with_shifted_spans() {
-        let mut bytes = message("app", "one", "t1");
-        let first = bytes.len();
-        bytes.extend(message("app", "two", "t2"));
-        let second = bytes.len();
-        bytes.extend(message("app", "three", "t1"));
-        let region = Bytes::from(bytes);
-        let batches = merged(&region, &[first, second, region.len()]);
+        let (region, batches) = merged(&[
+            ("app", "one", "t1"),
+            ("app", "two", "t2"),
+            ("app", "three", "t1"),
+        ]);
         assert_eq!(batches.len(), 1);
         assert_eq!(batches[0].data, region);
         assert_eq!(batches[0].tag.get(&batches[0].data), b"app");
@@ -216,13 +223,11 @@ mod tests {
 
     #[test]
     fn a_new_tag_starts_a_new_batch() {
-        let mut bytes = message("app", "one", "t1");
-        let first = bytes.len();
-        bytes.extend(message("web", "two", "t1"));
-        let second = bytes.len();
-        bytes.extend(message("web", "three", "t1"));
-        let region = Bytes::from(bytes);
-        let batches = merged(&region, &[first, second, region.len()]);
+        let (_, batches) = merged(&[
+            ("app", "one", "t1"),
+            ("web", "two", "t1"),
+            ("web", "three", "t1"),
+        ]);
         assert_eq!(batches.len(), 2);
         assert_eq!(batches[0].tag.get(&batches[0].data), b"app");
         assert_eq!(lines(&batches[0]), [(&b"t1"[..], &b"one"[..])]);
