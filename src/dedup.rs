@@ -4,7 +4,7 @@
 //! ack such a resend again without publishing it twice.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Recently accepted chunk ids, per client identity (the peer's IP address, or the unix
 /// socket path), each bounded; the number of identities is bounded too (least recently
@@ -17,18 +17,34 @@ pub struct Dedup {
 
 #[derive(Default)]
 struct Clients {
-    windows: HashMap<Box<str>, Window>,
-    /// Identities from least to most recently active (may hold stale repeats, which
-    /// eviction skips).
-    activity: VecDeque<(Box<str>, u64)>,
+    /// Keyed by the connection's own identity: a known client costs no allocation.
+    windows: HashMap<Arc<str>, Window>,
+    /// Counts `remember` calls: a window's `last_active` orders the clients.
     clock: u64,
 }
 
 #[derive(Default)]
 struct Window {
-    ids: HashSet<Box<[u8]>>,
-    order: VecDeque<Box<[u8]>>,
+    /// The set and the arrival order share each id's one allocation.
+    ids: HashSet<Arc<[u8]>>,
+    order: VecDeque<Arc<[u8]>>,
     last_active: u64,
+}
+
+impl Window {
+    fn insert(&mut self, chunk: &[u8], per_client: usize) {
+        if self.ids.contains(chunk) {
+            return;
+        }
+        let id: Arc<[u8]> = chunk.into();
+        self.ids.insert(id.clone());
+        self.order.push_back(id);
+        if self.order.len() > per_client {
+            if let Some(oldest) = self.order.pop_front() {
+                self.ids.remove(&oldest);
+            }
+        }
+    }
 }
 
 impl Dedup {
@@ -54,48 +70,35 @@ impl Dedup {
     }
 
     /// Records that `chunk` from `client` was accepted.
-    pub fn remember(&self, client: &str, chunk: &[u8]) {
+    pub fn remember(&self, client: &Arc<str>, chunk: &[u8]) {
         let Ok(mut clients) = self.inner.lock() else {
             return;
         };
         clients.clock += 1;
         let now = clients.clock;
-        if !clients.windows.contains_key(client) {
-            while clients.windows.len() >= self.max_clients {
-                let Some((old, stamp)) = clients.activity.pop_front() else {
-                    break;
-                };
-                if clients
-                    .windows
-                    .get(&old)
-                    .is_some_and(|w| w.last_active == stamp)
-                {
-                    clients.windows.remove(&old);
-                }
-            }
+        if let Some(window) = clients.windows.get_mut(&**client) {
+            window.last_active = now;
+            window.insert(chunk, self.per_client);
+            return;
         }
-        let window = clients.windows.entry(client.into()).or_default();
-        window.last_active = now;
-        if window.ids.insert(chunk.into()) {
-            window.order.push_back(chunk.into());
-            if window.order.len() > self.per_client {
-                if let Some(oldest) = window.order.pop_front() {
-                    window.ids.remove(&oldest);
-                }
-            }
-        }
-        clients.activity.push_back((client.into(), now));
-        // Keep the activity log from growing without bound on a busy client.
-        if clients.activity.len() > 4 * self.max_clients {
-            let windows = &clients.windows;
-            let kept: VecDeque<_> = clients
-                .activity
+        if clients.windows.len() >= self.max_clients {
+            // A new client when the table is full: forget the least recently active.
+            // The scan is bounded by `max_clients` and happens only on a new identity.
+            let oldest = clients
+                .windows
                 .iter()
-                .filter(|(c, t)| windows.get(c).is_some_and(|w| w.last_active == *t))
-                .cloned()
-                .collect();
-            clients.activity = kept;
+                .min_by_key(|(_, w)| w.last_active)
+                .map(|(c, _)| c.clone());
+            if let Some(oldest) = oldest {
+                clients.windows.remove(&oldest);
+            }
         }
+        let mut window = Window {
+            last_active: now,
+            ..Window::default()
+        };
+        window.insert(chunk, self.per_client);
+        clients.windows.insert(client.clone(), window);
     }
 }
 
@@ -106,15 +109,16 @@ mod tests {
     #[test]
     fn remembers_per_client_within_bounds() {
         let d = Dedup::new(2, 2).unwrap();
-        d.remember("a", b"1");
+        let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "c".into());
+        d.remember(&a, b"1");
         assert!(d.seen("a", b"1"));
         assert!(!d.seen("b", b"1"), "windows are per client");
-        d.remember("a", b"2");
-        d.remember("a", b"3");
+        d.remember(&a, b"2");
+        d.remember(&a, b"3");
         assert!(!d.seen("a", b"1"), "the oldest id leaves a full window");
         assert!(d.seen("a", b"3"));
-        d.remember("b", b"x");
-        d.remember("c", b"y");
+        d.remember(&b, b"x");
+        d.remember(&c, b"y");
         assert!(
             !d.seen("a", b"3"),
             "the least recently active client is forgotten"
@@ -123,12 +127,32 @@ mod tests {
     }
 
     #[test]
-    fn activity_log_stays_bounded() {
+    fn a_busy_client_keeps_its_window_bounded() {
         let d = Dedup::new(4, 2).unwrap();
+        let a: Arc<str> = "a".into();
         for i in 0..1000u32 {
-            d.remember("a", &i.to_be_bytes());
+            d.remember(&a, &i.to_be_bytes());
         }
-        assert!(d.inner.lock().unwrap().activity.len() <= 8);
+        d.remember(&a, &999u32.to_be_bytes());
+        {
+            let inner = d.inner.lock().unwrap();
+            let w = &inner.windows["a"];
+            assert_eq!((w.ids.len(), w.order.len()), (4, 4), "a repeat is not stored twice");
+        }
+        assert!((996..1000u32).all(|i| d.seen("a", &i.to_be_bytes())));
+        assert!(!d.seen("a", &995u32.to_be_bytes()));
+    }
+
+    #[test]
+    fn the_least_recently_active_client_goes_first() {
+        let d = Dedup::new(4, 2).unwrap();
+        let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "c".into());
+        d.remember(&a, b"1");
+        d.remember(&b, b"1");
+        d.remember(&a, b"2");
+        d.remember(&c, b"1");
+        assert!(d.seen("a", b"1") && d.seen("c", b"1"));
+        assert!(!d.seen("b", b"1"));
     }
 
     #[test]

@@ -229,6 +229,10 @@ impl<S: AsyncRead + AsyncWrite + Readiness + Unpin> Connection<S> {
             .security
             .as_ref()
             .is_some_and(|s| s.deny_keepalive);
+        // One wait for shutdown for the whole connection: made and registered anew for
+        // every read, it cost a lock on the token's waiter list twice per request.
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
         loop {
             if self.handle_buffered(one_request).await? && one_request {
                 // The HELO said keepalive: false; one request per connection.
@@ -258,7 +262,7 @@ impl<S: AsyncRead + AsyncWrite + Readiness + Unpin> Connection<S> {
             };
             let n = tokio::select! {
                 r = read_when_ready(&mut self.stream, &mut self.buf, needed) => r?,
-                _ = cancel.cancelled(), if idle => return Ok(()),
+                _ = &mut cancelled, if idle => return Ok(()),
                 _ = sleep_until_opt(deadline) => {
                     self.publish_expired().await?;
                     continue;
