@@ -1,0 +1,103 @@
+//! fwd-ackref: the lock-step ack reference. Accepts TCP connections and answers every
+//! read with `{"ack": <chunk>}`, taking the chunk from the read's last 16 bytes, which
+//! is where `fwd-load --ack` puts it (its requests end with `{"chunk": "<16 chars>"}`
+//! and lock-step means one request per read). Nothing is decoded, queued or published:
+//! one thread, one epoll set, one read and one write per request. What this costs and
+//! how long the acks take is the floor that the kernel and the loopback path set for
+//! the gateway's lock-step case, measured on the same machine in the same run.
+//!
+//! Prints `listening <addr>` on stderr once bound, then one JSON line on stdout when
+//! `--expect-conns` connections have come and gone, or after `--max-seconds`.
+//!
+//! ```text
+//! fwd-ackref [--listen 127.0.0.1:0] [--expect-conns 200] [--max-seconds 120]
+//! ```
+
+use fwdgate_bench::*;
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+const CHUNK_LEN: usize = 16;
+const LISTENER: u64 = u64::MAX;
+
+fn watch(ep: i32, fd: i32, key: u64) {
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: key,
+    };
+    let rc = unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+    assert!(rc == 0, "epoll_ctl");
+}
+
+fn main() {
+    let a = Args::parse(&[]);
+    let listen = a.str("listen", "127.0.0.1:0");
+    let expect: u64 = a.num("expect-conns", 0);
+    let max = Duration::from_secs_f64(a.num("max-seconds", 120.0));
+    let listener = TcpListener::bind(&listen).expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    eprintln!("listening {}", listener.local_addr().expect("addr"));
+    let ep = unsafe { libc::epoll_create1(0) };
+    assert!(ep >= 0, "epoll_create1");
+    watch(ep, listener.as_raw_fd(), LISTENER);
+    let started = Instant::now();
+    let cpu0 = self_cpu_seconds();
+    let mut conns: HashMap<u64, TcpStream> = HashMap::new();
+    let mut next_key = 0u64;
+    let (mut accepted, mut closed, mut acks, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut ack = [0u8; 6 + CHUNK_LEN];
+    ack[..6].copy_from_slice(&[0x81, 0xa3, b'a', b'c', b'k', 0xa0 | CHUNK_LEN as u8]);
+    let mut evbuf = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    while started.elapsed() < max && !(expect > 0 && accepted >= expect && closed >= accepted) {
+        let got = unsafe { libc::epoll_wait(ep, evbuf.as_mut_ptr(), evbuf.len() as i32, 100) };
+        for ev in evbuf.iter().take(got.max(0) as usize) {
+            let key = ev.u64;
+            if key == LISTENER {
+                while let Ok((s, _)) = listener.accept() {
+                    s.set_nonblocking(true).ok();
+                    s.set_nodelay(true).ok();
+                    watch(ep, s.as_raw_fd(), next_key);
+                    conns.insert(next_key, s);
+                    next_key += 1;
+                    accepted += 1;
+                }
+                continue;
+            }
+            let Some(s) = conns.get_mut(&key) else {
+                continue;
+            };
+            let gone = match s.read(&mut buf) {
+                Ok(0) => true,
+                Ok(n) => {
+                    bytes += n as u64;
+                    if n >= CHUNK_LEN {
+                        ack[6..].copy_from_slice(&buf[n - CHUNK_LEN..n]);
+                        acks += 1;
+                        s.write_all(&ack).is_err()
+                    } else {
+                        false
+                    }
+                }
+                Err(e) => e.kind() != ErrorKind::WouldBlock,
+            };
+            if gone {
+                if let Some(s) = conns.remove(&key) {
+                    unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_DEL, s.as_raw_fd(), std::ptr::null_mut()) };
+                }
+                closed += 1;
+            }
+        }
+    }
+    unsafe { libc::close(ep) };
+    println!(
+        "{{\"tool\": \"fwd-ackref\", \"connections\": {}, \"acks\": {}, \"bytes\": {}, \"cpu_s\": {:.3}}}",
+        accepted,
+        acks,
+        bytes,
+        self_cpu_seconds() - cpu0
+    );
+}
