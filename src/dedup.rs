@@ -137,7 +137,11 @@ mod tests {
         {
             let inner = d.inner.lock().unwrap();
             let w = &inner.windows["a"];
-            assert_eq!((w.ids.len(), w.order.len()), (4, 4), "a repeat is not stored twice");
+            assert_eq!(
+                (w.ids.len(), w.order.len()),
+                (4, 4),
+                "a repeat is not stored twice"
+            );
         }
         assert!((996..1000u32).all(|i| d.seen("a", &i.to_be_bytes())));
         assert!(!d.seen("a", &995u32.to_be_bytes()));

@@ -86,7 +86,14 @@ fn main() {
             };
             if gone {
                 if let Some(s) = conns.remove(&key) {
-                    unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_DEL, s.as_raw_fd(), std::ptr::null_mut()) };
+                    unsafe {
+                        libc::epoll_ctl(
+                            ep,
+                            libc::EPOLL_CTL_DEL,
+                            s.as_raw_fd(),
+                            std::ptr::null_mut(),
+                        )
+                    };
                 }
                 closed += 1;
             }
