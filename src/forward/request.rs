@@ -362,16 +362,16 @@ impl<'a> PackedEvents<'a> {
 }
 
 impl<'a> PackedEvents<'a> {
-    /// Reads the next entry with `read` instead of `next`, when `read` can: it gets a
-    /// cursor at the entry that ends where the packed stream ends, and returns `None` to
-    /// leave the entry to `next`, untouched. `read` must accept only entries the scanner
-    /// accepts under this stream's limits, so it has to enforce the depth cap itself.
-    #[inline]
     /// Bytes of the stream not read yet.
     pub fn remaining(&self) -> usize {
         self.end.saturating_sub(self.pos)
     }
 
+    /// Reads the next entry with `read` instead of `next`, when `read` can: it gets a
+    /// cursor at the entry that ends where the packed stream ends, and returns `None` to
+    /// leave the entry to `next`, untouched. `read` must accept only entries the scanner
+    /// accepts under this stream's limits, so it has to enforce the depth cap itself.
+    #[inline]
     pub fn read_with<R>(&mut self, read: impl FnOnce(&mut Cursor<'a>) -> Option<R>) -> Option<R> {
         if self.pos >= self.end {
             return None;

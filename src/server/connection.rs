@@ -16,7 +16,7 @@ use crate::publish::json::write_value;
 use crate::publish::Queue;
 use crate::route::Router;
 use crate::spool::{Spool, SpoolError};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -554,10 +554,18 @@ where
     if buf.is_empty() {
         stream.ready_to_read().await?;
         buf.reserve(IDLE_READ);
+    } else if needed >= BUSY_READ {
+        // A large declared value (a PackedForward stream): room for it and a little
+        // more, and a read that stops there. Bytes read past the request's end are
+        // copied into the next request's buffer; reading to the edge of a large
+        // buffer made that tail as large as the read, and the copy cost a byte for
+        // every byte received. At most RESERVE_AHEAD past what has arrived: a peer
+        // that declares a 16 MiB request and sends nothing more gets no such buffer.
+        let room = (needed + IDLE_READ).min(RESERVE_AHEAD);
+        buf.reserve(room);
+        return stream.read_buf(&mut (&mut *buf).limit(room)).await;
     } else {
-        // At most RESERVE_AHEAD past what has arrived: a peer that declares a 16 MiB
-        // request and sends nothing more gets no 16 MiB buffer.
-        buf.reserve(needed.clamp(BUSY_READ, RESERVE_AHEAD));
+        buf.reserve(BUSY_READ);
     }
     stream.read_buf(buf).await
 }

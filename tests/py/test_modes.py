@@ -296,6 +296,34 @@ def test_packed_forward_many_entries(jgw, jsub):
         expect_records(msgs, records, [T0_NS + i for i in range(1000)], "tag.many", c.local)
 
 
+@pytest.mark.parametrize("piece", [None, 99_999, 4_097], ids=["one-write", "100k-pieces", "4k-pieces"])
+def test_large_packed_requests_back_to_back(jgw, jsub, piece):
+    # Two PackedForward requests of ~200 KB and a small Message request in one stream:
+    # the reader sizes its reads to a declared stream, so the bytes after each large
+    # request arrive in a read of their own or as a tail carried into the next buffer.
+    batches = [[fwd.rec("big %d %05d " % (b, i) + "x" * 150, tenant="t%d" % b) for i in range(1000)]
+               for b in range(2)]
+    data = b""
+    for b, records in enumerate(batches):
+        stream = entry_stream((fwd.t_event(T0, i), r) for i, r in enumerate(records))
+        assert len(stream) > 128 * 1024
+        data += packed_forward("tag.big", stream, option(size=1000, chunk="big%d" % b), container=bin32)
+    tail = fwd.rec("after", tenant="t9")
+    data += message("tag.big", T0, tail, option(chunk="small"))
+    with jgw.connect() as c:
+        if piece is None:
+            c.send(data)
+        else:
+            for at in range(0, len(data), piece):
+                c.send(data[at:at + piece])
+        want = ack("big0") + ack("big1") + ack("small")
+        assert c.recv_exact(len(want), timeout=20) == want
+        msgs = jsub.recv_n(2001, timeout=30)
+        expect_records(msgs, batches[0] + batches[1] + [tail],
+                       [T0_NS + i for i in range(1000)] * 2 + [T0_NS], "tag.big", c.local)
+    assert jsub.sync(jgw) == []
+
+
 # ------------------------------------------------------------------ CompressedPackedForward
 
 
