@@ -254,6 +254,11 @@ pub struct OutputConfig {
     /// ZeroMQ send high-water mark, in messages per subscriber (ZMQ_SNDHWM). Default
     /// 100000; libzmq's own default of 1000 loses messages in bursts.
     pub send_hwm: i32,
+    /// Bytes of `batch` publications that may wait for one subscriber. The high-water
+    /// mark counts messages, and a batch message holds up to 1 MiB (a seed message one
+    /// event): in the `batch` format the mark is `batch_hwm_bytes / 1 MiB` messages (at
+    /// least 1) when that is below `send_hwm`. Default 64 MiB.
+    pub batch_hwm_bytes: usize,
     /// Requests that may wait for the publisher before connections stop reading.
     /// Default 1024.
     pub queue_requests: usize,
@@ -280,6 +285,7 @@ impl Default for OutputConfig {
             zmq_connect: Vec::new(),
             topic_suffix: String::new(),
             send_hwm: 100_000,
+            batch_hwm_bytes: 64 << 20,
             queue_requests: 1024,
             queue_bytes: 64 << 20,
             when_full: WhenFull::Block,

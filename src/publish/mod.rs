@@ -13,7 +13,7 @@ mod worker;
 
 pub use queue::{Pressure, Queue, QueueClosed};
 
-use crate::config::{OutputConfig, RouteConfig, SlowSubscriber};
+use crate::config::{Format, OutputConfig, RouteConfig, SlowSubscriber};
 use crate::metrics::{Counters, TenantCounts};
 use crate::route::{Routed, Span};
 use bytes::Bytes;
@@ -100,7 +100,7 @@ impl Publisher {
             set_xpub_nodrop(&mut socket)?;
         }
         socket
-            .set_sndhwm(output.send_hwm)
+            .set_sndhwm(send_hwm(output))
             .map_err(PublishError::Socket)?;
         // Connect endpoints are re-dialled by libzmq in the background, backing off
         // from 100 ms to 5 s while the peer stays away.
@@ -209,5 +209,43 @@ fn set_xpub_nodrop(socket: &mut zmq::Socket) -> Result<(), PublishError> {
         Err(PublishError::Socket(zmq::Error::from_raw(unsafe {
             zmq_sys::zmq_errno()
         })))
+    }
+}
+
+/// The socket's high-water mark: `send_hwm` messages, fewer in the batch format, whose
+/// messages hold up to [`format::BATCH_MAX_BODY`] bytes each, so that what waits for one
+/// subscriber stays within `batch_hwm_bytes`.
+fn send_hwm(output: &OutputConfig) -> i32 {
+    if output.format != Format::Batch {
+        return output.send_hwm;
+    }
+    let by_bytes = (output.batch_hwm_bytes / format::BATCH_MAX_BODY).max(1);
+    let by_bytes = i32::try_from(by_bytes).unwrap_or(i32::MAX);
+    match output.send_hwm {
+        0 => by_bytes,
+        messages => messages.min(by_bytes),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_messages_are_capped_by_bytes() {
+        let mut output = OutputConfig::default();
+        assert_eq!(send_hwm(&output), 100_000, "seed: send_hwm as set");
+        output.format = Format::Batch;
+        assert_eq!(send_hwm(&output), 64, "64 MiB of 1 MiB messages");
+        output.send_hwm = 10;
+        assert_eq!(send_hwm(&output), 10, "send_hwm below the byte bound wins");
+        output.send_hwm = 0;
+        assert_eq!(
+            send_hwm(&output),
+            64,
+            "no message limit: the byte bound still holds"
+        );
+        output.batch_hwm_bytes = 1000;
+        assert_eq!(send_hwm(&output), 1, "at least one message");
     }
 }

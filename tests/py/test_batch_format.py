@@ -287,3 +287,64 @@ def test_held_without_subscriber_then_flushed_in_order(start_gateway, subscribe)
                     for i, r in enumerate(sent)]
     sub.wait_ready(gw)
     assert sub.sync(gw) == []
+
+
+def published(gw) -> int:
+    import re
+    host, port = gw.ready_fields["metrics"].rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    return int(re.search(r"^fwdgate_events_published_total (\d+)$", text, re.M).group(1))
+
+
+@pytest.mark.parametrize("hwm_bytes,lossless", [(1 << 30, True), (1 << 20, False)],
+                         ids=["1GiB-holds-all", "1MiB-one-message"])
+def test_batch_hwm_bytes_bounds_what_waits_for_a_subscriber(start_gateway, tmp_path, hwm_bytes,
+                                                            lossless):
+    # slow_subscriber = "drop" makes the high-water mark visible: what does not fit for a
+    # subscriber that is not reading is lost for it. 120 batch messages of ~450 KB are
+    # published while the subscriber reads nothing (its own queue and socket buffer are
+    # tiny): 1 GiB of room keeps them all; 1 MiB means a mark of one message, and all
+    # but what the kernel's buffers hold is dropped.
+    import zmq
+    from conftest import zmq_context
+    conf = tmp_path / "gw.toml"
+    conf.write_text('[output]\nformat = "batch"\nslow_subscriber = "drop"\n'
+                    'batch_hwm_bytes = %d\n' % hwm_bytes)
+    gw = start_gateway("--config", str(conf), "--metrics-listen", "127.0.0.1:0")
+    sub = zmq_context().socket(zmq.SUB)
+    try:
+        sub.setsockopt(zmq.RCVHWM, 1)
+        sub.setsockopt(zmq.RCVBUF, 64 * 1024)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(gw.zmq_bind[0])
+        stream = fwd.entry_stream((fwd.t_event(T0, i), fwd.rec("%04d " % i + "w" * 400, tenant="th"))
+                                  for i in range(1000))
+        request = packed_forward("app.hwm", stream)
+        with gw.connect() as c:
+            # Held until the subscription arrives, then published: the subscriber is up.
+            c.send(request)
+            assert sub.poll(10_000), "the first message never came"
+            first = sub.recv_multipart()
+            assert first[0] == b"th" and 400_000 < len(first[2]) < MAX_BODY
+            for _ in range(120):
+                c.send(request)
+        deadline = time.monotonic() + 30
+        while published(gw) < 121_000:
+            assert time.monotonic() < deadline, "the gateway did not publish every event"
+            time.sleep(0.05)
+        received = 0
+        while sub.poll(2_000):
+            assert len(sub.recv_multipart()) == 3
+            received += 1
+    finally:
+        sub.close()
+    if lossless:
+        assert received == 120
+    else:
+        assert received < 60, received
