@@ -19,8 +19,12 @@ use tokio::sync::{mpsc, Semaphore};
 const TICK_MS: i64 = 20;
 
 /// One nap of the worker between polls of a queue that was just busy, and how many
-/// empty naps in a row make it park (see [`Worker::next_batch`]).
-const NAP: Duration = Duration::from_micros(100);
+/// empty naps in a row make it park (see [`Worker::next_batch`]). A longer nap hands
+/// ZeroMQ's I/O thread larger bursts, each costing one wakeup of it and of the
+/// subscriber: at 100k lock-step requests/s, 500 µs took 4-7% less gateway CPU per
+/// request than 100 µs (and 1 ms a little less again). A publication waits at most
+/// one nap more; an idle, parked worker is woken at once.
+const NAP: Duration = Duration::from_micros(500);
 const MAX_NAPS: u32 = 10;
 
 /// How often subscription messages are read while publishing.
