@@ -1,8 +1,9 @@
 //! fwd-ackref: the lock-step ack reference. Accepts TCP connections and answers every
-//! read with `{"ack": <chunk>}`, taking the chunk from the read's last 16 bytes, which
-//! is where `fwd-load --ack` puts it (its requests end with `{"chunk": "<16 chars>"}`
-//! and lock-step means one request per read). Nothing is decoded, queued or published:
-//! one thread, one epoll set, one read and one write per request. What this costs and
+//! request with `{"ack": <chunk>}`. `fwd-load --ack` ends each request with
+//! `{"chunk": "<16 chars>"}` and sends the next only after the ack, so a request ends
+//! where the bytes read so far end with that map: the chunk is taken from there.
+//! Nothing is decoded, queued or published: one thread, one epoll set, one read and one
+//! write per request (bytes are kept only when a request arrives in pieces). What this costs and
 //! how long the acks take is the floor that the kernel and the loopback path set for
 //! the gateway's lock-step case, measured on the same machine in the same run.
 //!
@@ -22,6 +23,14 @@ use std::time::{Duration, Instant};
 
 const CHUNK_LEN: usize = 16;
 const LISTENER: u64 = u64::MAX;
+/// `{"chunk": <fixstr 16>` up to the chunk's characters, as the last bytes of a request.
+const TRAILER: [u8; 8] = *b"\x81\xa5chunk\xb0";
+
+/// The chunk when `bytes` end with a complete `{"chunk": "<16 chars>"}`.
+fn chunk_at_end(bytes: &[u8]) -> Option<&[u8]> {
+    let n = bytes.len().checked_sub(TRAILER.len() + CHUNK_LEN)?;
+    (bytes[n..n + TRAILER.len()] == TRAILER).then(|| &bytes[n + TRAILER.len()..])
+}
 
 fn watch(ep: i32, fd: i32, key: u64) {
     let mut ev = libc::epoll_event {
@@ -45,7 +54,7 @@ fn main() {
     watch(ep, listener.as_raw_fd(), LISTENER);
     let started = Instant::now();
     let cpu0 = self_cpu_seconds();
-    let mut conns: HashMap<u64, TcpStream> = HashMap::new();
+    let mut conns: HashMap<u64, (TcpStream, Vec<u8>)> = HashMap::new();
     let mut next_key = 0u64;
     let (mut accepted, mut closed, mut acks, mut bytes) = (0u64, 0u64, 0u64, 0u64);
     let mut buf = vec![0u8; 64 * 1024];
@@ -61,31 +70,44 @@ fn main() {
                     s.set_nonblocking(true).ok();
                     s.set_nodelay(true).ok();
                     watch(ep, s.as_raw_fd(), next_key);
-                    conns.insert(next_key, s);
+                    conns.insert(next_key, (s, Vec::new()));
                     next_key += 1;
                     accepted += 1;
                 }
                 continue;
             }
-            let Some(s) = conns.get_mut(&key) else {
+            let Some((s, pending)) = conns.get_mut(&key) else {
                 continue;
             };
             let gone = match s.read(&mut buf) {
                 Ok(0) => true,
                 Ok(n) => {
                     bytes += n as u64;
-                    if n >= CHUNK_LEN {
-                        ack[6..].copy_from_slice(&buf[n - CHUNK_LEN..n]);
-                        acks += 1;
-                        s.write_all(&ack).is_err()
+                    let request = if pending.is_empty() {
+                        &buf[..n]
                     } else {
-                        false
+                        pending.extend_from_slice(&buf[..n]);
+                        &pending[..]
+                    };
+                    match chunk_at_end(request) {
+                        Some(chunk) => {
+                            ack[6..].copy_from_slice(chunk);
+                            acks += 1;
+                            pending.clear();
+                            s.write_all(&ack).is_err()
+                        }
+                        None => {
+                            if pending.is_empty() {
+                                pending.extend_from_slice(&buf[..n]);
+                            }
+                            false
+                        }
                     }
                 }
                 Err(e) => e.kind() != ErrorKind::WouldBlock,
             };
             if gone {
-                if let Some(s) = conns.remove(&key) {
+                if let Some((s, _)) = conns.remove(&key) {
                     unsafe {
                         libc::epoll_ctl(
                             ep,
