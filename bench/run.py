@@ -483,6 +483,27 @@ def evaluate(results):
     return t
 
 
+def failures(results):
+    """What --check refuses: lost events, a tool's errors, failed connections."""
+    bad = []
+    for c in results["cases"]:
+        name = f"{c['case']} {c['mode']}" + (f" at {c['rate']:,}/s" if c.get("rate") else "")
+        if c.get("loss"):
+            bad.append(f"{name}: loss {c['loss']:,} {c.get('loss_unit', '')}")
+        load = c.get("load") or {}
+        if c.get("errors") or load.get("errors"):
+            bad.append(f"{name}: generator errors {load.get('error_samples') or c.get('errors')}")
+        if not c.get("events"):
+            bad.append(f"{name}: no events")
+    h = results.get("hold")
+    if h and h.get("loss"):
+        bad.append(f"hold: loss {h['loss']}")
+    ch = results.get("churn")
+    if ch and ch.get("failed"):
+        bad.append(f"churn: {ch['failed']} connections failed ({ch.get('first_error', '')})")
+    return bad
+
+
 def plot(results, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -570,6 +591,7 @@ def plot(results, path):
 
 
 def main():
+    global RESULTS
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=3.0, help="duration of each full-speed case")
     ap.add_argument("--compressed-events", type=int, default=6_400_000)
@@ -582,7 +604,13 @@ def main():
     ap.add_argument("--tries", type=int, default=3, help="runs of a case at most")
     ap.add_argument("--cases", default=",".join(CASES),
                     help="comma-separated cases to run (default all): " + ", ".join(CASES))
+    ap.add_argument("--results", default=RESULTS,
+                    help="directory for latest.json, plot.png and the gateways' logs")
+    ap.add_argument("--check", action="store_true",
+                    help="exit 1 when a case lost events or a tool reported errors (timings "
+                         "are never checked: the test suite runs a short benchmark this way)")
     args = ap.parse_args()
+    RESULTS = args.results
     wanted = set(args.cases.split(","))
     unknown = wanted - set(CASES)
     if unknown:
@@ -692,7 +720,13 @@ def main():
     print("\n| target | measured | met |\n|---|---|---|")
     for t in results["targets"]:
         print(f"| {t['target']} | {t['measured']} | {'met' if t['met'] else '**not met**'} |")
-    print(f"\nwall time {results['wall_seconds']} s; results in bench/results/latest.json, plot in bench/results/plot.png")
+    print(f"\nwall time {results['wall_seconds']} s; results in {RESULTS}/latest.json, plot in {RESULTS}/plot.png")
+    if args.check:
+        bad = failures(results)
+        for b in bad:
+            log("check failed: " + b)
+        if bad:
+            sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,14 @@ step "building the gateway for the integration tests"
 cargo build --locked --bin fwdgate
 export FWDGATE_BIN="$PWD/target/debug/fwdgate"
 
+step "benchmark tools (bench/): fmt, clippy, build"
+(cd bench && cargo fmt -- --check && cargo clippy --release --locked -- -D warnings \
+    && cargo build --release --locked)
+
+step "a short run of the shipped benchmark: every event counted, no timing judged"
+python3 bench/run.py --quick --modes message,packed --cases drain,null,seed,ack-ref,ack \
+    --seconds 1 --results target/bench-smoke --check
+
 step "Docker daemon for the real-peer tests (started here only if none is running)"
 export FWDGATE_DOCKERD_PIDFILE="$PWD/target/fwdgate-dockerd.pid"
 trap 'scripts/stop-dockerd.sh' EXIT
