@@ -265,25 +265,10 @@ impl<'a> Cursor<'a> {
     /// Reads a str or bin value and returns the range of its payload.
     #[inline]
     pub fn bytes(&mut self) -> Result<Range<usize>, ReadError> {
-        let b = *self.buf.get(self.pos).ok_or(ReadError::Truncated)?;
-        let (header, width) = match b {
-            0xa0..=0xbf => {
-                let len = usize::from(b & 0x1f);
-                let start = self.pos + 1;
-                self.pos = start;
-                self.take(len)?;
-                return Ok(start..start + len);
-            }
-            0xd9 | 0xc4 => (1, 1),
-            0xda | 0xc5 => (1, 2),
-            0xdb | 0xc6 => (1, 4),
-            _ => return Err(self.mismatch("string or binary")),
-        };
-        self.pos += header;
-        let len = usize::try_from(self.uint(width)?).map_err(|_| ReadError::Truncated)?;
-        let start = self.pos;
-        self.take(len)?;
-        Ok(start..start + len)
+        match self.string_or_binary()? {
+            Some((payload, _)) => Ok(payload),
+            None => Err(self.mismatch("string or binary")),
+        }
     }
 
     /// Reads a str or bin value when one is next: the range of its payload and whether
