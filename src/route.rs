@@ -121,44 +121,38 @@ fn length_bit(len: usize) -> u64 {
 
 fn routing_keys(config: &RouteConfig) -> Vec<RoutingKey> {
     let mut keys: Vec<RoutingKey> = Vec::new();
-    let mut entry = |key: &str| -> usize {
-        match keys.iter().position(|k| *k.key == *key.as_bytes()) {
-            Some(at) => at,
-            None => {
-                keys.push(RoutingKey {
-                    key: key.as_bytes().into(),
-                    tenant: None,
-                    service: None,
-                    line: None,
-                    container: false,
-                });
-                keys.len() - 1
-            }
-        }
-    };
-    let mut ranks = Vec::new();
+    // A key listed twice keeps its first (best) rank.
     for (rank, key) in config.tenant_keys.iter().enumerate() {
-        ranks.push((entry(key), 0, rank));
+        routing_key_entry(&mut keys, key).tenant.get_or_insert(rank);
     }
     for (rank, key) in config.service_keys.iter().enumerate() {
-        ranks.push((entry(key), 1, rank));
+        routing_key_entry(&mut keys, key)
+            .service
+            .get_or_insert(rank);
     }
     for (rank, key) in config.line_keys.iter().enumerate() {
-        ranks.push((entry(key), 2, rank));
+        routing_key_entry(&mut keys, key).line.get_or_insert(rank);
     }
-    let container = entry(&config.container_id_key);
-    keys[container].container = true;
-    for (at, list, rank) in ranks {
-        let k = &mut keys[at];
-        let slot = match list {
-            0 => &mut k.tenant,
-            1 => &mut k.service,
-            _ => &mut k.line,
-        };
-        // A key listed twice keeps its first (best) rank.
-        slot.get_or_insert(rank);
-    }
+    routing_key_entry(&mut keys, &config.container_id_key).container = true;
     keys
+}
+
+/// The entry of `key` in `keys`, added (routing nothing yet) when it is not there.
+fn routing_key_entry<'a>(keys: &'a mut Vec<RoutingKey>, key: &str) -> &'a mut RoutingKey {
+    let at = match keys.iter().position(|k| *k.key == *key.as_bytes()) {
+        Some(at) => at,
+        None => {
+            keys.push(RoutingKey {
+                key: key.as_bytes().into(),
+                tenant: None,
+                service: None,
+                line: None,
+                container: false,
+            });
+            keys.len() - 1
+        }
+    };
+    &mut keys[at]
 }
 
 /// What the keys of one record gave, before the tag's fallbacks, each with the rank of
