@@ -1,8 +1,12 @@
 // Sends records to fwdgate with Node's fluent-logger, optionally with the forward
 // protocol handshake (shared key, user auth). Usage:
+//   [FLUENT_EVENT_MODE=PackedForward|CompressedPackedForward] \
 //   node send.js HOST PORT TAG COUNT [SHARED_KEY [USERNAME PASSWORD]]
 // Each record is {log: "node line <i>", TENANT_ID: "tnode"}; exits 0 once every
-// record was written with an ack (requireAckResponse), 1 on any error.
+// record was written with an ack (requireAckResponse), 1 on any error. In Message mode
+// (the default) each record waits for its ack before the next; in the packed modes all
+// are emitted at once, so the client packs them into one request (it flushes every
+// 100 ms) and acks them together.
 'use strict';
 const logger = require('fluent-logger');
 
@@ -14,6 +18,7 @@ const options = {
   reconnectInterval: 200,
   requireAckResponse: true,
   ackResponseTimeout: 5000,
+  eventMode: process.env.FLUENT_EVENT_MODE || 'Message',
 };
 if (sharedKey) {
   options.security = { clientHostname: 'node-client', sharedKey, username: username || '', password: password || '' };
@@ -26,11 +31,23 @@ sender.on('error', (err) => {
   process.exit(1);
 });
 
+function emit(i) {
+  return new Promise((resolve, reject) => {
+    sender.emit({ log: 'node line ' + i, TENANT_ID: 'tnode' }, (err) => (err ? reject(err) : resolve()));
+  });
+}
+
 async function main() {
-  for (let i = 0; i < Number(count); i++) {
-    await new Promise((resolve, reject) => {
-      sender.emit({ log: 'node line ' + i, TENANT_ID: 'tnode' }, (err) => (err ? reject(err) : resolve()));
-    });
+  if (options.eventMode === 'Message') {
+    for (let i = 0; i < Number(count); i++) {
+      await emit(i);
+    }
+  } else {
+    const sent = [];
+    for (let i = 0; i < Number(count); i++) {
+      sent.push(emit(i));
+    }
+    await Promise.all(sent);
   }
   sender.end(null, null, () => process.exit(failed ? 1 : 0));
 }
