@@ -28,8 +28,15 @@ fi
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
   -r tests/py/requirements.txt
 
-# Node's fluent-logger (it implements the forward protocol handshake), at the version
-# pinned in tests/node/package-lock.json.
+# Node's fluent-logger (it implements the forward protocol handshake and the packed
+# modes), at the version pinned in tests/node/package-lock.json. Node.js and npm come
+# with the machine; Debian's packages stand in where they do not.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "installing with apt: nodejs npm"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q nodejs npm
+fi
 if [ ! -d tests/node/node_modules/fluent-logger ]; then
   npm ci --prefix tests/node --silent --no-audit --no-fund
 fi
