@@ -17,9 +17,9 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fwdgate::batch::{build_batch, BatchLimits};
 use fwdgate::config::{Format, InputConfig, OutputConfig, RouteConfig};
+use fwdgate::event::RoutedEvents;
 use fwdgate::forward::{decode_request, Limits, Scanner};
 use fwdgate::publish::format::{Encoder, Sink};
-use fwdgate::publish::Batch;
 use fwdgate::route::Router;
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -362,7 +362,7 @@ impl Plane {
 
     /// Scans, frames, decodes and routes every request in `input`, handing each batch to
     /// `publish`; returns the number of routed events.
-    fn run(&mut self, input: &Bytes, mut publish: impl FnMut(Batch)) -> usize {
+    fn run(&mut self, input: &Bytes, mut publish: impl FnMut(RoutedEvents)) -> usize {
         let mut rest = input.clone();
         let mut routed = 0;
         while !rest.is_empty() {

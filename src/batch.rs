@@ -2,11 +2,11 @@
 //! routing, with no I/O. The connection task calls it per request; the benches call it
 //! directly.
 
+use crate::event::RoutedEvents;
 use crate::forward::compression::{decompress, DecompressError};
 use crate::forward::msgpack::{Cursor, ReadError};
 use crate::forward::request::{entry_head, ForwardEvents, PackedEvents};
 use crate::forward::{Compression, Entries, Event, EventError, Limits, Request};
-use crate::publish::Batch;
 use crate::route::{Routed, Router, Span, TagRoute};
 use bytes::Bytes;
 use std::ops::Range;
@@ -90,7 +90,7 @@ pub fn build_batch(
     router: &Router,
     limits: BatchLimits,
     peer: &Arc<str>,
-) -> Result<(Option<Batch>, Invalid), DecompressError> {
+) -> Result<(Option<RoutedEvents>, Invalid), DecompressError> {
     let compressed = request.options.compressed != Compression::None;
     let (data, tag_range) = match &request.entries {
         Entries::Packed(range) if compressed => {
@@ -174,14 +174,12 @@ pub fn build_batch(
     if events.is_empty() {
         return Ok((None, invalid));
     }
-    let batch = Batch {
+    let batch = RoutedEvents {
         data,
         tag: Span::of(tag_range),
         peer: peer.clone(),
         peer_host: None,
         events,
-        permit: None,
-        spooled: Vec::new(),
     };
     Ok((Some(batch), invalid))
 }

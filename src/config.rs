@@ -375,8 +375,17 @@ pub struct SpoolConfig {
     /// The interval for `fsync = "interval"`. Default 1000 ms.
     pub fsync_interval_ms: u64,
     /// Size at which a new segment file is started; a segment is deleted once all of
-    /// its requests are published. Default 64 MiB.
+    /// its requests are published. Default 64 MiB (at most an eighth of `max_bytes`).
     pub segment_bytes: u64,
+    /// The most bytes the spool may take on disk. Up to it the gateway keeps accepting
+    /// (and acking) while no subscriber takes what it holds; past it `output.when_full`
+    /// applies. 0: no bound but the disk's (a full disk refuses requests: not acked,
+    /// the client resends). Default 4 GiB.
+    pub max_bytes: u64,
+    /// How often, at most, the position up to which the spool is published is written
+    /// down; after a crash, a restart publishes again what was published since (and in
+    /// the second before). Default 1000 ms.
+    pub checkpoint_interval_ms: u64,
 }
 
 impl Default for SpoolConfig {
@@ -386,6 +395,8 @@ impl Default for SpoolConfig {
             fsync: Fsync::Always,
             fsync_interval_ms: 1000,
             segment_bytes: 64 << 20,
+            max_bytes: 4 << 30,
+            checkpoint_interval_ms: 1000,
         }
     }
 }
@@ -628,6 +639,14 @@ impl Config {
         }
         if self.output.queue_bytes == 0 || self.output.queue_bytes > u32::MAX as usize {
             return invalid("output.queue_bytes must be between 1 and 4294967295".into());
+        }
+        if self.spool.segment_bytes < 4096 {
+            return invalid("spool.segment_bytes must be at least 4096".into());
+        }
+        if self.spool.checkpoint_interval_ms == 0 || self.spool.fsync_interval_ms == 0 {
+            return invalid(
+                "spool.checkpoint_interval_ms and spool.fsync_interval_ms must be above 0".into(),
+            );
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return invalid(format!("log.level: {:?} is not a level", self.log.level));

@@ -2,12 +2,15 @@
 //! tenant-tagged ZeroMQ publication.
 //!
 //! `forward` is the protocol without I/O; `server` does the I/O; `route` decides where
-//! each record goes; `publish` owns the ZeroMQ socket.
+//! each record goes; `buffer` holds what is accepted until it is published (memory,
+//! then the disk spool); `publish` owns the ZeroMQ socket.
 
 pub mod batch;
+pub mod buffer;
 pub mod cli;
 pub mod config;
 pub mod dedup;
+pub mod event;
 pub mod forward;
 pub mod logfile;
 pub mod metrics;
@@ -15,5 +18,4 @@ pub mod partial;
 pub mod publish;
 pub mod route;
 pub mod server;
-pub mod spool;
 pub mod tail;

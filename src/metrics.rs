@@ -46,6 +46,26 @@ pub struct Counters {
     /// Gauge: requests and bytes waiting in the publisher queue.
     pub queue_requests: AtomicU64,
     pub queue_bytes: AtomicU64,
+    /// Requests and events dropped because the spool was full (`spool.max_bytes`), by
+    /// the `drop_newest` / `drop_oldest` policies.
+    pub requests_dropped_spool_full: AtomicU64,
+    pub events_dropped_spool_full: AtomicU64,
+    /// Requests not acknowledged because their spool write failed (a full disk).
+    pub requests_refused_spool: AtomicU64,
+    /// Spool writes or syncs that failed.
+    pub spool_write_errors: AtomicU64,
+    /// Gauges: bytes and segment files of the spool on disk.
+    pub spool_bytes: AtomicU64,
+    pub spool_segments: AtomicU64,
+    /// Records read back from the spool (after a restart, or while the memory queue
+    /// was full).
+    pub spool_records_replayed: AtomicU64,
+    /// Damaged or unreadable parts of spool segments skipped, and their bytes.
+    pub spool_damaged_regions: AtomicU64,
+    pub spool_bytes_skipped: AtomicU64,
+    /// Gauge: when the oldest request held by the buffer was received (nanoseconds
+    /// since the Unix epoch), 0 when none is held.
+    pub buffer_head_received_ns: AtomicU64,
     /// Gauge: ZeroMQ peers connected to the PUB socket (subscribers that connected to a
     /// bound endpoint, and connect endpoints whose peer is up).
     pub zmq_peers: AtomicU64,
@@ -59,7 +79,7 @@ impl Counters {
     /// One line's worth of fields for the shutdown log.
     pub fn summary(&self) -> String {
         format!(
-            "connections={} rejected={} requests={} duplicates={} bytes={} events_published={} events_discarded={} events_invalid={} events_dropped={} dropped_queue_full={} dropped_no_subscriber={} dropped_rate_limit={} signal_requests={} acks={} heartbeats={}",
+            "connections={} rejected={} requests={} duplicates={} bytes={} events_published={} events_discarded={} events_invalid={} events_dropped={} dropped_queue_full={} dropped_spool_full={} dropped_no_subscriber={} dropped_rate_limit={} refused_spool={} spool_replayed={} spool_skipped_bytes={} signal_requests={} acks={} heartbeats={}",
             get(&self.connections_accepted),
             get(&self.connections_rejected),
             get(&self.requests),
@@ -70,8 +90,12 @@ impl Counters {
             get(&self.events_invalid),
             get(&self.events_dropped),
             get(&self.events_dropped_queue_full),
+            get(&self.events_dropped_spool_full),
             get(&self.events_dropped_no_subscriber),
             get(&self.events_dropped_rate_limit),
+            get(&self.requests_refused_spool),
+            get(&self.spool_records_replayed),
+            get(&self.spool_bytes_skipped),
             get(&self.signal_requests),
             get(&self.acks_sent),
             get(&self.heartbeats),
@@ -236,10 +260,67 @@ pub fn render(c: &Counters, tenants: &TenantCounts, rate_limited: &TenantCounts)
         get(&c.queue_bytes),
     );
     metric(
+        "fwdgate_spool_bytes",
+        "gauge",
+        "Bytes of spool segment files on disk.",
+        get(&c.spool_bytes),
+    );
+    metric(
+        "fwdgate_spool_segments",
+        "gauge",
+        "Spool segment files on disk.",
+        get(&c.spool_segments),
+    );
+    metric(
+        "fwdgate_spool_write_errors_total",
+        "counter",
+        "Spool writes or syncs that failed (a full disk, an I/O error).",
+        get(&c.spool_write_errors),
+    );
+    metric(
+        "fwdgate_requests_refused_total",
+        "counter",
+        "Requests not acknowledged because their spool write failed (the client resends).",
+        get(&c.requests_refused_spool),
+    );
+    metric(
+        "fwdgate_spool_records_replayed_total",
+        "counter",
+        "Records read back from the spool: after a restart, or while the memory queue was full.",
+        get(&c.spool_records_replayed),
+    );
+    metric(
+        "fwdgate_spool_damaged_regions_total",
+        "counter",
+        "Damaged or unreadable parts of spool segments skipped on reading back.",
+        get(&c.spool_damaged_regions),
+    );
+    metric(
+        "fwdgate_spool_bytes_skipped_total",
+        "counter",
+        "Bytes of spool segments skipped as damaged or unreadable.",
+        get(&c.spool_bytes_skipped),
+    );
+    metric(
         "fwdgate_zmq_peers",
         "gauge",
         "ZeroMQ peers connected to the PUB socket.",
         get(&c.zmq_peers),
+    );
+    let head = get(&c.buffer_head_received_ns);
+    let age = if head == 0 {
+        0.0
+    } else {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        now.saturating_sub(head) as f64 / 1e9
+    };
+    let _ = writeln!(
+        out,
+        "# HELP fwdgate_buffer_oldest_age_seconds Age of the oldest request the buffer holds (0 when none).\n\
+         # TYPE fwdgate_buffer_oldest_age_seconds gauge\n\
+         fwdgate_buffer_oldest_age_seconds {age:.3}"
     );
     let _ = writeln!(
         out,
@@ -249,12 +330,14 @@ pub fn render(c: &Counters, tenants: &TenantCounts, rate_limited: &TenantCounts)
          fwdgate_events_dropped_total{{reason=\"zmq_send_failed\"}} {}\n\
          fwdgate_events_dropped_total{{reason=\"null_output\"}} {}\n\
          fwdgate_events_dropped_total{{reason=\"queue_full\"}} {}\n\
+         fwdgate_events_dropped_total{{reason=\"spool_full\"}} {}\n\
          fwdgate_events_dropped_total{{reason=\"no_subscriber\"}} {}\n\
          fwdgate_events_dropped_total{{reason=\"tenant_rate_limit\"}} {}",
         get(&c.events_invalid),
         get(&c.events_dropped),
         get(&c.events_discarded),
         get(&c.events_dropped_queue_full),
+        get(&c.events_dropped_spool_full),
         get(&c.events_dropped_no_subscriber),
         get(&c.events_dropped_rate_limit),
     );
@@ -316,7 +399,7 @@ mod tests {
         let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
         let helps = text.lines().filter(|l| l.starts_with("# HELP")).count();
         assert_eq!(types, helps);
-        assert_eq!(types, 18);
+        assert_eq!(types, 26);
     }
 
     #[test]

@@ -5,13 +5,18 @@
 //! when the last piece arrives, or as much as arrived when the joined line reaches its
 //! size cap, the pieces stop coming for `timeout`, or the connection ends (then the
 //! record keeps `partial_message: "true"` to say it is incomplete).
+//!
+//! The joiner sits before the publisher, after the buffer, so that lines are joined the
+//! same way whether their pieces come from memory or are read back from the spool.
+//! What holds a request in the buffer (a mark, `M`) stays with the lines its pieces are
+//! held in, so that the request leaves the buffer only once all of it is published.
 
+use crate::event::RoutedEvents;
 use crate::forward::msgpack::{Cursor, Kind};
 use crate::forward::{Event, EventTime};
-use crate::publish::Batch;
 use crate::route::{Line, Routed, Router, Span};
-use crate::spool::Ticket;
 use bytes::Bytes;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,9 +29,12 @@ pub struct JoinLimits {
     pub timeout: Duration,
 }
 
+/// Lines held at once, at most; past it the oldest is published as far as it got
+/// (clients choose their partial ids, so the table must not grow without bound).
+const MAX_PENDING: usize = 10_000;
+
 /// The pieces of one line seen so far.
-struct Pending {
-    id: Vec<u8>,
+struct Pending<M> {
     /// The first piece: its batch data, record and line, the template of the joined
     /// record.
     data: Bytes,
@@ -35,16 +43,26 @@ struct Pending {
     line: Span,
     time: EventTime,
     joined: Vec<u8>,
-    /// Spool records of the pieces, released when the joined line is published.
-    tickets: Vec<Ticket>,
+    /// What holds the pieces' requests in the buffer, released when the line is
+    /// published.
+    marks: Vec<M>,
     peer_host: Option<Arc<str>>,
     deadline: Instant,
 }
 
-/// The partial-line state of one connection.
-pub struct Joiner {
+/// A line's key: the connection it comes on and its `partial_id`.
+type Key = (Arc<str>, Box<[u8]>);
+
+/// The split lines being joined, of every connection.
+pub struct Joiner<M> {
     limits: JoinLimits,
-    pending: Vec<Pending>,
+    pending: HashMap<Key, Pending<M>>,
+}
+
+/// Events to publish now, and the marks to release once they are.
+pub struct Joined<M> {
+    pub events: RoutedEvents,
+    pub marks: Vec<M>,
 }
 
 /// The partial fields of a record, when it is a piece.
@@ -90,115 +108,162 @@ fn piece_of<'a>(data: &'a [u8], record: Span) -> Option<Piece<'a>> {
     }
 }
 
-impl Joiner {
-    pub fn new(limits: JoinLimits) -> Joiner {
+impl<M: Clone> Joiner<M> {
+    pub fn new(limits: JoinLimits) -> Joiner<M> {
         Joiner {
             limits,
-            pending: Vec::new(),
+            pending: HashMap::new(),
         }
     }
 
     /// When the oldest held line must be published even without its last piece.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.pending.iter().map(|p| p.deadline).min()
+        self.pending.values().map(|p| p.deadline).min()
     }
 
-    /// Takes a batch; returns the batches to publish now, in order: events that are not
-    /// pieces pass through, pieces are held until their line is complete.
-    pub fn offer(&mut self, mut batch: Batch, router: &Router) -> Vec<Batch> {
+    /// Takes a request's events and its mark; returns what to publish now, in order:
+    /// events that are not pieces pass through, pieces are held until their line is
+    /// complete. The mark goes with every line still holding a piece of this request,
+    /// else with the last batch returned; with neither, it comes back alone.
+    pub fn offer(&mut self, mut batch: RoutedEvents, mark: M, router: &Router) -> Vec<Joined<M>> {
         let mut out = Vec::new();
         let mut passing = Vec::new();
-        // The line this request's last piece went into, if it is still held.
-        let mut held_id: Option<Vec<u8>> = None;
-        let tickets = std::mem::take(&mut batch.spooled);
+        // The lines this request's pieces went into that are still held.
+        let mut holding: Vec<Box<[u8]>> = Vec::new();
         for ev in std::mem::take(&mut batch.events) {
             let (Some(piece), Line::Bytes(line)) = (piece_of(&batch.data, ev.record), ev.line)
             else {
                 passing.push(ev);
                 continue;
             };
-            let at = match self.pending.iter().position(|p| p.id == piece.id) {
-                Some(at) => at,
-                None => {
-                    self.pending.push(Pending {
-                        id: piece.id.to_vec(),
+            let key: Key = (batch.peer.clone(), piece.id.into());
+            if !self.pending.contains_key(&key) {
+                if self.pending.len() >= MAX_PENDING {
+                    out.extend(self.evict_oldest(router));
+                }
+                self.pending.insert(
+                    key.clone(),
+                    Pending {
                         data: batch.data.clone(),
                         tag: batch.tag,
                         record: ev.record,
                         line,
                         time: ev.time,
                         joined: Vec::new(),
-                        tickets: Vec::new(),
+                        marks: Vec::new(),
                         peer_host: batch.peer_host.clone(),
                         deadline: Instant::now(),
-                    });
-                    self.pending.len() - 1
-                }
+                    },
+                );
+            }
+            let Some(p) = self.pending.get_mut(&key) else {
+                continue;
             };
-            let p = &mut self.pending[at];
             p.joined.extend_from_slice(line.get(&batch.data));
             p.deadline = Instant::now() + self.limits.timeout;
             if piece.last || p.joined.len() >= self.limits.max_bytes {
                 // What passed before this line goes first, to keep the order.
                 if !passing.is_empty() {
-                    out.push(rest_of(&batch, std::mem::take(&mut passing)));
+                    out.push(Joined {
+                        events: rest_of(&batch, std::mem::take(&mut passing)),
+                        marks: Vec::new(),
+                    });
                 }
-                let p = self.pending.swap_remove(at);
-                held_id = held_id.filter(|h| *h != p.id);
-                out.push(joined_batch(p, piece.last, router, &batch.peer));
-            } else {
-                held_id = Some(piece.id.to_vec());
+                holding.retain(|h| **h != *key.1);
+                if let Some(p) = self.pending.remove(&key) {
+                    out.push(joined_batch(p, piece.last, router, &batch.peer));
+                }
+            } else if !holding.contains(&key.1) {
+                holding.push(key.1);
             }
         }
         if !passing.is_empty() {
-            out.push(rest_of(&batch, passing));
+            out.push(Joined {
+                events: rest_of(&batch, passing),
+                marks: Vec::new(),
+            });
         }
-        // The request's spool records stay until all of it is published: with a line
-        // still held, that is when the line is.
-        let held = held_id.and_then(|id| self.pending.iter_mut().find(|p| p.id == id));
-        match (held, out.last_mut()) {
-            (Some(p), _) => p.tickets.extend(tickets),
-            (None, Some(last)) => last.spooled.extend(tickets),
-            (None, None) => drop(tickets),
+        // The request leaves the buffer once all of it is published: with a line still
+        // held, that is when the line is.
+        if !holding.is_empty() {
+            for id in holding {
+                if let Some(p) = self.pending.get_mut(&(batch.peer.clone(), id)) {
+                    p.marks.push(mark.clone());
+                }
+            }
+        } else if let Some(last) = out.last_mut() {
+            last.marks.push(mark);
+        } else {
+            out.push(Joined {
+                events: rest_of(&batch, Vec::new()),
+                marks: vec![mark],
+            });
         }
         out
     }
 
-    /// Publishes, incomplete, every line whose next piece is overdue (or all of them
-    /// with `all`, when the connection ends).
-    pub fn expire(&mut self, all: bool, router: &Router, peer: &Arc<str>) -> Vec<Batch> {
+    /// Publishes, incomplete, every line whose next piece is overdue.
+    pub fn expire(&mut self, router: &Router) -> Vec<Joined<M>> {
         let now = Instant::now();
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < self.pending.len() {
-            if all || self.pending[i].deadline <= now {
-                let p = self.pending.swap_remove(i);
-                out.push(joined_batch(p, false, router, peer));
-            } else {
-                i += 1;
-            }
-        }
-        out
+        self.take_where(router, |_, p| p.deadline <= now)
+    }
+
+    /// Publishes, incomplete, the lines of a connection that ended (or, with `None`,
+    /// every line: the gateway stops).
+    pub fn ended(&mut self, peer: Option<&str>, router: &Router) -> Vec<Joined<M>> {
+        self.take_where(router, |k, _| peer.is_none_or(|peer| *k.0 == *peer))
+    }
+
+    fn take_where(
+        &mut self,
+        router: &Router,
+        due: impl Fn(&Key, &Pending<M>) -> bool,
+    ) -> Vec<Joined<M>> {
+        let keys: Vec<Key> = self
+            .pending
+            .iter()
+            .filter(|(k, p)| due(k, p))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut lines: Vec<(Key, Pending<M>)> = keys
+            .into_iter()
+            .filter_map(|k| self.pending.remove(&k).map(|p| (k, p)))
+            .collect();
+        // Oldest first (the deadline moves with each piece, so this is the order in
+        // which the lines last grew).
+        lines.sort_by_key(|(_, p)| p.deadline);
+        lines
+            .into_iter()
+            .map(|(k, p)| joined_batch(p, false, router, &k.0))
+            .collect()
+    }
+
+    fn evict_oldest(&mut self, router: &Router) -> Option<Joined<M>> {
+        let key = self
+            .pending
+            .iter()
+            .min_by_key(|(_, p)| p.deadline)
+            .map(|(k, _)| k.clone())?;
+        let p = self.pending.remove(&key)?;
+        Some(joined_batch(p, false, router, &key.0))
     }
 }
 
 /// The events of `batch` that are not pieces, in a batch of their own.
-fn rest_of(batch: &Batch, events: Vec<Routed>) -> Batch {
-    Batch {
+fn rest_of(batch: &RoutedEvents, events: Vec<Routed>) -> RoutedEvents {
+    RoutedEvents {
         data: batch.data.clone(),
         tag: batch.tag,
         peer: batch.peer.clone(),
         peer_host: batch.peer_host.clone(),
         events,
-        permit: None,
-        spooled: Vec::new(),
     }
 }
 
 /// Builds the joined record — the first piece's record with the joined line, and
 /// without the partial keys when complete (with `partial_message` alone when not) —
 /// and routes it.
-fn joined_batch(p: Pending, complete: bool, router: &Router, peer: &Arc<str>) -> Batch {
+fn joined_batch<M>(p: Pending<M>, complete: bool, router: &Router, peer: &Arc<str>) -> Joined<M> {
     let data = &p.data[..];
     let mut record = Vec::with_capacity(p.joined.len() + p.record.len() + 16);
     let mut c = Cursor::at(data, p.record.start as usize);
@@ -240,14 +305,15 @@ fn joined_batch(p: Pending, complete: bool, router: &Router, peer: &Arc<str>) ->
             record: 0..record_len,
         },
     );
-    Batch {
-        data,
-        tag: tag_route.tag,
-        peer: peer.clone(),
-        peer_host: p.peer_host,
-        events: vec![routed],
-        permit: None,
-        spooled: p.tickets,
+    Joined {
+        events: RoutedEvents {
+            data,
+            tag: tag_route.tag,
+            peer: peer.clone(),
+            peer_host: p.peer_host,
+            events: vec![routed],
+        },
+        marks: p.marks,
     }
 }
 
@@ -263,7 +329,12 @@ mod tests {
     }
 
     /// A batch of one Docker-shaped record: tag "ctr", then the record.
-    fn piece(router: &Router, log: &str, partial: Option<(&str, &str, bool)>) -> Batch {
+    fn piece(
+        router: &Router,
+        peer: &str,
+        log: &str,
+        partial: Option<(&str, &str, bool)>,
+    ) -> RoutedEvents {
         let mut data = b"ctr".to_vec();
         let mut pairs: Vec<(&str, String)> = vec![("log", log.into()), ("source", "stdout".into())];
         if let Some((id, ordinal, last)) = partial {
@@ -286,25 +357,25 @@ mod tests {
                 record: 3..data.len(),
             },
         );
-        Batch {
+        RoutedEvents {
             data: Bytes::from(data),
             tag: tag.tag,
-            peer: "p".into(),
+            peer: peer.into(),
             peer_host: None,
             events: vec![ev],
-            permit: None,
-            spooled: Vec::new(),
         }
     }
 
-    fn line(b: &Batch) -> Vec<u8> {
+    fn line(j: &Joined<u32>) -> Vec<u8> {
+        let b = &j.events;
         match b.events[0].line {
             Line::Bytes(s) => s.get(&b.data).to_vec(),
             Line::Json(_) => panic!("not a string line"),
         }
     }
 
-    fn keys(b: &Batch) -> Vec<String> {
+    fn keys(j: &Joined<u32>) -> Vec<String> {
+        let b = &j.events;
         let data = &b.data[..];
         let mut c = Cursor::at(data, b.events[0].record.start as usize);
         let n = c.map_len().unwrap();
@@ -328,20 +399,55 @@ mod tests {
     fn pieces_become_one_line_and_others_pass() {
         let router = Router::new(&RouteConfig::default()).unwrap();
         let mut j = Joiner::new(limits());
+        let p = |log, partial| piece(&router, "p", log, partial);
         assert!(j
-            .offer(piece(&router, "aaa", Some(("id1", "1", false))), &router)
+            .offer(p("aaa", Some(("id1", "1", false))), 1, &router)
             .is_empty());
-        let plain = j.offer(piece(&router, "plain", None), &router);
+        let plain = j.offer(p("plain", None), 2, &router);
         assert_eq!(line(&plain[0]), b"plain");
+        assert_eq!(plain[0].marks, [2]);
         assert!(j
-            .offer(piece(&router, "bbb", Some(("id1", "2", false))), &router)
+            .offer(p("bbb", Some(("id1", "2", false))), 3, &router)
             .is_empty());
-        let done = j.offer(piece(&router, "cc", Some(("id1", "3", true))), &router);
+        let done = j.offer(p("cc", Some(("id1", "3", true))), 4, &router);
         assert_eq!(done.len(), 1);
         assert_eq!(line(&done[0]), b"aaabbbcc");
         assert_eq!(keys(&done[0]), ["log", "source"]);
-        assert_eq!(done[0].tag.get(&done[0].data), b"ctr");
+        assert_eq!(done[0].events.tag.get(&done[0].events.data), b"ctr");
+        // The joined line releases every piece's request.
+        assert_eq!(done[0].marks, [1, 3, 4]);
         assert!(j.next_deadline().is_none());
+    }
+
+    #[test]
+    fn lines_of_two_connections_with_one_id_stay_apart() {
+        let router = Router::new(&RouteConfig::default()).unwrap();
+        let mut j = Joiner::new(limits());
+        assert!(j
+            .offer(
+                piece(&router, "a", "one-", Some(("same", "1", false))),
+                1,
+                &router
+            )
+            .is_empty());
+        assert!(j
+            .offer(
+                piece(&router, "b", "two-", Some(("same", "1", false))),
+                2,
+                &router
+            )
+            .is_empty());
+        let a = j.offer(
+            piece(&router, "a", "end", Some(("same", "2", true))),
+            3,
+            &router,
+        );
+        assert_eq!(line(&a[0]), b"one-end");
+        assert_eq!(a[0].marks, [1, 3]);
+        let b = j.ended(Some("b"), &router);
+        assert_eq!(line(&b[0]), b"two-");
+        assert_eq!(b[0].marks, [2]);
+        assert_eq!(keys(&b[0]), ["log", "source", "partial_message"]);
     }
 
     #[test]
@@ -349,18 +455,25 @@ mod tests {
         let router = Router::new(&RouteConfig::default()).unwrap();
         let mut j = Joiner::new(JoinLimits {
             max_bytes: 5,
-            timeout: Duration::from_secs(60),
+            timeout: Duration::from_millis(1),
         });
+        let p = |log, partial| piece(&router, "p", log, partial);
         assert!(j
-            .offer(piece(&router, "abc", Some(("x", "1", false))), &router)
+            .offer(p("abc", Some(("x", "1", false))), 1, &router)
             .is_empty());
-        let capped = j.offer(piece(&router, "def", Some(("x", "2", false))), &router);
+        let capped = j.offer(p("def", Some(("x", "2", false))), 2, &router);
         assert_eq!(line(&capped[0]), b"abcdef");
         assert_eq!(keys(&capped[0]), ["log", "source", "partial_message"]);
         assert!(j
-            .offer(piece(&router, "zz", Some(("y", "1", false))), &router)
+            .offer(p("zz", Some(("y", "1", false))), 3, &router)
             .is_empty());
-        let flushed = j.expire(true, &router, &"p".into());
-        assert_eq!(line(&flushed[0]), b"zz");
+        let deadline = j.next_deadline().unwrap();
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let expired = j.expire(&router);
+        assert_eq!(line(&expired[0]), b"zz");
+        assert_eq!(expired[0].marks, [3]);
+        assert!(j.ended(None, &router).is_empty());
     }
 }

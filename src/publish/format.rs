@@ -4,8 +4,8 @@
 use super::forward_body::{body_len, entry_len, write_body_start, write_entry, Extra, Out};
 use super::groups::Groups;
 use super::json::{write_base64, write_key, write_str, write_value};
-use super::Batch;
 use crate::config::{Format, OutputConfig, RouteConfig};
+use crate::event::RoutedEvents;
 use crate::forward::msgpack::{Cursor, Kind, ReadError};
 use crate::route::{Line, Routed};
 use std::io::Write;
@@ -81,13 +81,17 @@ impl Encoder {
     }
 
     /// The tenant of an event, as published (without the topic suffix).
-    pub fn tenant_of<'a>(&'a self, batch: &'a Batch, ev: &Routed) -> &'a [u8] {
+    pub fn tenant_of<'a>(&'a self, batch: &'a RoutedEvents, ev: &Routed) -> &'a [u8] {
         ev.tenant
             .map_or(&self.default_tenant[..], |s| s.get(&batch.data))
     }
 
     /// Sends every event of the batch; returns how many were sent.
-    pub fn encode_batch<S: Sink>(&mut self, batch: &Batch, sink: &mut S) -> Result<u64, S::Error> {
+    pub fn encode_batch<S: Sink>(
+        &mut self,
+        batch: &RoutedEvents,
+        sink: &mut S,
+    ) -> Result<u64, S::Error> {
         match self.format {
             Format::Null => {}
             Format::Batch => self.encode_groups(batch, sink)?,
@@ -102,7 +106,11 @@ impl Encoder {
 
     /// The `batch` format: one message per (tenant, service) of the batch, or several
     /// when its events would take a body past [`BATCH_MAX_BODY`].
-    fn encode_groups<S: Sink>(&mut self, batch: &Batch, sink: &mut S) -> Result<(), S::Error> {
+    fn encode_groups<S: Sink>(
+        &mut self,
+        batch: &RoutedEvents,
+        sink: &mut S,
+    ) -> Result<(), S::Error> {
         let data = &batch.data[..];
         let (default_tenant, default_service) =
             (&self.default_tenant[..], &self.default_service[..]);
@@ -148,7 +156,7 @@ impl Encoder {
 
     fn encode<S: Sink>(
         &mut self,
-        batch: &Batch,
+        batch: &RoutedEvents,
         ev: &Routed,
         sink: &mut S,
     ) -> Result<(), S::Error> {
@@ -181,7 +189,7 @@ impl Encoder {
 
     /// The `json` format body:
     /// `{"tag","time","time_ns","peer","record"[,"bytes_base64"]}`.
-    fn render_json(&mut self, batch: &Batch, ev: &Routed) {
+    fn render_json(&mut self, batch: &RoutedEvents, ev: &Routed) {
         let data = &batch.data[..];
         let out = &mut self.body;
         out.extend_from_slice(b"{\"tag\":");
@@ -267,7 +275,7 @@ fn send_route<S: Sink>(
 
 /// How many of `events` (at least one) go into the next `batch` message, and the size
 /// of their entries: as many as keep the body within [`BATCH_MAX_BODY`].
-fn fit(batch: &Batch, events: &[u32], tag_len: usize, extra: &Extra<'_>) -> (usize, usize) {
+fn fit(batch: &RoutedEvents, events: &[u32], tag_len: usize, extra: &Extra<'_>) -> (usize, usize) {
     let mut entries = 0;
     for (count, &i) in events.iter().enumerate() {
         let record = batch.events[i as usize].record.get(&batch.data);
@@ -283,7 +291,7 @@ fn fit(batch: &Batch, events: &[u32], tag_len: usize, extra: &Extra<'_>) -> (usi
 /// The pairs `input.source_address_key` and `input.source_hostname_key` add to each
 /// record of a batch (empty, without allocating, when neither is set).
 fn source_pairs<'a>(
-    batch: &'a Batch,
+    batch: &'a RoutedEvents,
     address_key: Option<&'a str>,
     hostname_key: Option<&'a str>,
 ) -> Vec<(&'a str, &'a str)> {
@@ -370,7 +378,7 @@ mod tests {
         }
     }
 
-    fn batch() -> Batch {
+    fn batch() -> RoutedEvents {
         // tag "abc", then a record {"log": "hi\xff"}
         let mut data = b"abc".to_vec();
         data.extend_from_slice(&[0x81, 0xa3, b'l', b'o', b'g', 0xa3, b'h', b'i', 0xff]);
@@ -378,7 +386,7 @@ mod tests {
             start: 3,
             end: data.len() as u32,
         };
-        Batch {
+        RoutedEvents {
             data: Bytes::from(data),
             tag: Span { start: 0, end: 3 },
             peer: "127.0.0.1:9".into(),
@@ -394,8 +402,6 @@ mod tests {
                 line: Line::Bytes(Span { start: 9, end: 12 }),
                 record,
             }],
-            permit: None,
-            spooled: Vec::new(),
         }
     }
 
@@ -458,7 +464,7 @@ mod tests {
 
     /// A batch of `records` under `tag`, routed with the default rules; event `i` has
     /// the time `T0 + i` seconds and `i` nanoseconds.
-    fn routed_batch(tag: &str, records: &[Vec<u8>]) -> Batch {
+    fn routed_batch(tag: &str, records: &[Vec<u8>]) -> RoutedEvents {
         let mut data = tag.as_bytes().to_vec();
         let mut ranges = Vec::new();
         for r in records {
@@ -479,14 +485,12 @@ mod tests {
                 router.route(&data, &tag_route, crate::forward::Event { time, record })
             })
             .collect();
-        Batch {
+        RoutedEvents {
             data: Bytes::from(data),
             tag: Span::of(0..tag.len()),
             peer: "127.0.0.1:9".into(),
             peer_host: None,
             events,
-            permit: None,
-            spooled: Vec::new(),
         }
     }
 
@@ -508,7 +512,7 @@ mod tests {
         Encoder::new(&out, &RouteConfig::default())
     }
 
-    fn encode(enc: &mut Encoder, batch: &Batch) -> Vec<Vec<Vec<u8>>> {
+    fn encode(enc: &mut Encoder, batch: &RoutedEvents) -> Vec<Vec<Vec<u8>>> {
         let mut sink = Frames::default();
         let sent = enc.encode_batch(batch, &mut sink).unwrap();
         assert_eq!(sent, batch.events.len() as u64, "counted per event");

@@ -1,27 +1,24 @@
 //! ZeroMQ egress: one thread owns the PUB socket (ZeroMQ sockets are not thread-safe),
-//! takes batches from a bounded queue and sends each event (or, in the `batch` format,
-//! each group of events) in the configured format.
+//! takes requests' routed events from the buffer and sends each event (or, in the
+//! `batch` format, each group of events) in the configured format.
 
 pub mod format;
 mod forward_body;
 mod groups;
 pub mod json;
 mod monitor;
-mod queue;
 pub mod ratelimit;
 mod worker;
 
-pub use queue::{Pressure, Queue, QueueClosed};
-
+use crate::buffer::Outlet;
 use crate::config::{Format, OutputConfig, RouteConfig, SlowSubscriber};
 use crate::metrics::{Counters, TenantCounts};
-use crate::route::{Routed, Span};
-use bytes::Bytes;
+use crate::partial::{JoinLimits, Joiner};
+use crate::route::Router;
 use format::Encoder;
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use worker::Worker;
 
 /// The per-tenant rate limit and where its drops are counted.
@@ -32,25 +29,6 @@ pub struct TenantLimits {
     /// `input.source_address_key` / `input.source_hostname_key`.
     pub source_address_key: String,
     pub source_hostname_key: String,
-}
-
-/// The events of one request, handed to the publisher in one piece.
-#[derive(Debug)]
-pub struct Batch {
-    /// The bytes every span indexes: the request frame, or decompressed entries with
-    /// the tag appended.
-    pub data: Bytes,
-    pub tag: Span,
-    /// The client, as shown in logs and in the `json` format.
-    pub peer: Arc<str>,
-    /// The client's host name, resolved when `input.source_hostname_key` is set.
-    pub peer_host: Option<Arc<str>>,
-    pub events: Vec<Routed>,
-    /// The queue's byte budget held by this batch, returned when it is published.
-    pub permit: Option<OwnedSemaphorePermit>,
-    /// The records of the batch's request(s) in the disk spool, marked done once
-    /// published (several when Docker's split lines were joined).
-    pub spooled: Vec<crate::spool::Ticket>,
 }
 
 #[derive(Debug, Error)]
@@ -80,10 +58,11 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Creates the socket, binds and connects every endpoint, and starts the thread.
-    /// Returns the queue's sending side; the thread ends once every sender is dropped
-    /// and the queue is empty. `linger` bounds how long closing waits for unsent
-    /// messages.
+    /// Creates the socket, binds and connects every endpoint, and starts the thread,
+    /// which publishes what it takes from `outlet` and ends once the buffer's intake is
+    /// closed and it has taken everything. `linger` bounds how long closing waits for
+    /// unsent messages. With `join`, Docker's split lines are joined first.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         output: &OutputConfig,
         route: &RouteConfig,
@@ -91,7 +70,9 @@ impl Publisher {
         counters: Arc<Counters>,
         tenants: Arc<TenantCounts>,
         limits: TenantLimits,
-    ) -> Result<(Queue, Publisher), PublishError> {
+        outlet: Outlet,
+        join: Option<(JoinLimits, Router)>,
+    ) -> Result<Publisher, PublishError> {
         let ctx = zmq::Context::new();
         // XPUB rather than PUB: the same publications, plus the subscription messages
         // that tell whether anybody is subscribed.
@@ -137,48 +118,31 @@ impl Publisher {
                     source,
                 })?;
         }
-        let (sender, rx) = mpsc::channel(output.queue_requests);
-        let max_bytes = output.queue_bytes.min(u32::MAX as usize);
-        let pressure = Arc::new(Pressure::default());
-        let bytes = Arc::new(Semaphore::new(max_bytes));
-        let queue = Queue {
-            sender,
-            bytes: bytes.clone(),
-            max_bytes,
-            when_full: output.when_full,
-            pressure: pressure.clone(),
-            counters: counters.clone(),
-        };
         let worker = Worker {
             ctx,
             socket,
-            rx,
+            outlet,
+            joiner: join.map(|(limits, router)| (Joiner::new(limits), router)),
             encoder: Encoder::new(output, route)
                 .with_source_keys(&limits.source_address_key, &limits.source_hostname_key),
             counters,
             tenants,
             hold_without_subscribers: output.hold_without_subscribers,
             slow_subscriber: output.slow_subscriber,
-            pressure,
-            bytes,
             linger,
             holding: false,
             limiter: ratelimit::TenantLimiter::new(limits.events_per_second, limits.burst),
             rate_limited: limits.rate_limited,
-            published: Default::default(),
         };
         let thread = std::thread::Builder::new()
             .name("fwdgate-publisher".into())
             .spawn(move || worker.run())
             .map_err(PublishError::Thread)?;
-        Ok((
-            queue,
-            Publisher {
-                thread,
-                bound,
-                connected: output.zmq_connect.clone(),
-            },
-        ))
+        Ok(Publisher {
+            thread,
+            bound,
+            connected: output.zmq_connect.clone(),
+        })
     }
 
     /// Waits (blocking) until the thread has sent everything and closed the socket.

@@ -1,25 +1,27 @@
-//! The publisher thread: takes batches from the queue in order and sends them on the
-//! XPUB socket. It reads the socket's subscription messages to know whether anybody is
-//! subscribed, holds publications while nobody is, and applies the queue's drop policy
-//! while it is stalled.
+//! The publisher thread: takes requests' events from the buffer in order and sends them
+//! on the XPUB socket. It reads the socket's subscription messages to know whether
+//! anybody is subscribed, holds publications while nobody is (the buffer behind it
+//! fills, then spills to the spool or holds intake back), joins Docker's split lines
+//! when asked to, and applies the `drop_oldest` policy while it is stalled.
 
 use super::format::{Encoder, Sink};
 use super::ratelimit::TenantLimiter;
-use super::{Batch, Pressure};
+use crate::buffer::{Delivery, Mark, Next, Outlet};
 use crate::config::{Format, SlowSubscriber};
+use crate::event::RoutedEvents;
 use crate::metrics::{Counters, TenantCounts};
-use crate::spool::Ticket;
-use std::collections::{HashSet, VecDeque};
+use crate::partial::{Joined, Joiner};
+use crate::route::Router;
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, Semaphore};
 
-/// How long one wait on the socket lasts before the worker looks at the queue again.
+/// How long one wait on the socket lasts before the worker looks at the buffer again.
 const TICK_MS: i64 = 20;
 
-/// One nap of the worker between polls of a queue that was just busy, and how many
-/// empty naps in a row make it park (see [`Worker::next_batch`]). A longer nap hands
+/// One nap of the worker between polls of a buffer that was just busy, and how many
+/// empty naps in a row make it park (see [`Worker::next`]). A longer nap hands
 /// ZeroMQ's I/O thread larger bursts, each costing one wakeup of it and of the
 /// subscriber: at 100k lock-step requests/s, 500 µs took 4-7% less gateway CPU per
 /// request than 100 µs (and 1 ms a little less again). A publication waits at most
@@ -27,36 +29,34 @@ const TICK_MS: i64 = 20;
 const NAP: Duration = Duration::from_micros(500);
 const MAX_NAPS: u32 = 10;
 
+/// The longest the worker parks without looking at the clock: the spool's checkpoint
+/// and split lines' deadlines are kept while nothing comes.
+const PARK: Duration = Duration::from_millis(250);
+
 /// How often subscription messages are read while publishing.
 const SUB_CHECK: Duration = Duration::from_millis(10);
 
 pub struct Worker {
     pub ctx: zmq::Context,
     pub socket: zmq::Socket,
-    pub rx: mpsc::Receiver<Batch>,
+    pub outlet: Outlet,
+    /// Docker's split lines being joined (`input.join_partial`), with the rules that
+    /// route a joined line.
+    pub joiner: Option<(Joiner<Mark>, Router)>,
     pub encoder: Encoder,
     pub counters: Arc<Counters>,
     pub tenants: Arc<TenantCounts>,
     pub hold_without_subscribers: bool,
     pub slow_subscriber: SlowSubscriber,
-    /// What connections waiting for room under `drop_oldest` need, and the queue's
-    /// byte budget, to tell whether the queue is really full.
-    pub pressure: Arc<Pressure>,
-    pub bytes: Arc<Semaphore>,
-    /// How long to wait for a subscriber once the queue has closed (shutdown).
+    /// How long to wait for a subscriber once intake has closed (shutdown).
     pub linger: Duration,
     /// True while publications are held for want of a subscriber (logged once).
     pub holding: bool,
-    /// Spool tickets of published requests, released after [`SPOOL_GRACE`].
-    pub published: VecDeque<(Instant, Ticket)>,
     /// The per-tenant rate limit (`limits.tenant_events_per_second`), if any, and the
     /// per-tenant count of what it dropped.
     pub limiter: Option<TenantLimiter>,
     pub rate_limited: Arc<TenantCounts>,
 }
-
-/// How long a published request stays in the spool: time for libzmq to write it out.
-const SPOOL_GRACE: Duration = Duration::from_secs(1);
 
 /// Topics with at least one subscriber. XPUB (not verbose) reports a topic when its
 /// first subscriber arrives and its removal when the last one leaves or disconnects.
@@ -84,20 +84,37 @@ impl Subscriptions {
     }
 }
 
+/// What the worker does next.
+enum Step {
+    Publish(Delivery),
+    Ended(Arc<str>),
+    /// Nothing came: look at the clock (split lines' deadlines).
+    Idle,
+    Stop,
+}
+
 impl Worker {
     pub fn run(mut self) {
         let mut subs = Subscriptions::default();
         let hold = self.hold_without_subscribers && self.encoder.format() != Format::Null;
-        let mut held: Option<Batch> = None;
+        let mut held: Option<Delivery> = None;
         let mut checked = Instant::now();
         let mut naps = 0;
         loop {
-            self.release_published();
-            let batch = match held.take() {
-                Some(b) => b,
-                None => match self.next_batch(&mut naps) {
-                    Some(b) => b,
-                    None => break,
+            self.outlet.maintain();
+            let delivery = match held.take() {
+                Some(d) => d,
+                None => match self.next(&mut naps) {
+                    Step::Publish(d) => d,
+                    Step::Ended(peer) => {
+                        self.finish_lines(Some(&peer));
+                        continue;
+                    }
+                    Step::Idle => {
+                        self.expire_lines();
+                        continue;
+                    }
+                    Step::Stop => break,
                 },
             };
             // Reading subscription messages costs a system call: do it at most every
@@ -108,84 +125,81 @@ impl Worker {
                 checked = Instant::now();
             }
             if hold && !subs.any() {
-                match self.wait_for_subscriber(&mut subs, batch) {
-                    Waited::Ready(b) => held = Some(b),
-                    // The held batch was dropped to make room; take the next one.
+                match self.wait_for_subscriber(&mut subs, delivery) {
+                    Waited::Ready(d) => held = Some(d),
+                    // The held request was dropped to make room; take the next one.
                     Waited::DroppedOldest => {}
-                    Waited::GaveUp(b) => {
-                        self.give_up(b);
+                    Waited::GaveUp(d) => {
+                        self.give_up(d);
                         break;
                     }
                 }
                 continue;
             }
-            self.publish(batch);
+            self.deliver(delivery);
+        }
+        // What split lines are still held is published as far as it got.
+        if hold && !subs.any() {
+            self.finish_lines_unpublished();
+        } else {
+            self.finish_lines(None);
         }
         // Closing waits up to the linger time for queued messages to reach subscribers;
         // after that, what was published needs no replay.
-        let published = std::mem::take(&mut self.published);
         drop(self.socket);
         drop(self.ctx);
-        for (_, ticket) in published {
-            ticket.done();
-        }
+        self.outlet.close();
     }
 
-    /// The next batch; `None` once the queue is closed and empty. While batches keep
-    /// coming the worker naps between polls instead of parking on the queue: parked,
-    /// it is woken by every request (a futex call and a context switch each, most of
-    /// the cost of Docker's lock-step traffic, one small request at a time); napping,
-    /// it takes the requests of a nap in one wakeup and hands them to ZeroMQ's I/O
-    /// thread in one burst. After [`MAX_NAPS`] empty naps in a row it parks. Acks do
-    /// not wait for this: connections ack on hand-off to the queue.
-    fn next_batch(&mut self, naps: &mut u32) -> Option<Batch> {
+    /// The next thing to do. While requests keep coming the worker naps between polls
+    /// instead of parking: parked, it is woken by every request (a futex call and a
+    /// context switch each, most of the cost of Docker's lock-step traffic, one small
+    /// request at a time); napping, it takes the requests of a nap in one wakeup and
+    /// hands them to ZeroMQ's I/O thread in one burst. After [`MAX_NAPS`] empty naps in
+    /// a row it parks. Acks do not wait for this: connections ack on hand-off to the
+    /// buffer.
+    fn next(&mut self, naps: &mut u32) -> Step {
         loop {
-            match self.rx.try_recv() {
-                Ok(batch) => {
+            let wait = if *naps < MAX_NAPS {
+                None
+            } else {
+                let deadline = self
+                    .joiner
+                    .as_ref()
+                    .and_then(|(j, _)| j.next_deadline())
+                    .map(|d| d.saturating_duration_since(Instant::now()));
+                Some(deadline.map_or(PARK, |d| d.min(PARK)))
+            };
+            match self.outlet.next(wait) {
+                Next::Delivery(d) => {
                     *naps = 0;
-                    return Some(batch);
+                    return Step::Publish(d);
                 }
-                Err(mpsc::error::TryRecvError::Disconnected) => return None,
-                Err(mpsc::error::TryRecvError::Empty) if *naps < MAX_NAPS => {
+                Next::Ended(peer) => return Step::Ended(peer),
+                Next::Closed => return Step::Stop,
+                Next::Empty if wait.is_none() => {
                     *naps += 1;
                     std::thread::sleep(NAP);
                 }
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    let batch = self.rx.blocking_recv();
-                    *naps = 0;
-                    return batch;
-                }
+                Next::Empty => return Step::Idle,
             }
         }
     }
 
-    /// Marks spooled requests done once they have been out of the gateway's hands for
-    /// a while: `zmq_send` returning means libzmq holds the message, not that it is on
-    /// the wire yet, so a crash right after would lose it.
-    fn release_published(&mut self) {
-        while let Some((at, _)) = self.published.front() {
-            if at.elapsed() < SPOOL_GRACE {
-                break;
-            }
-            if let Some((_, ticket)) = self.published.pop_front() {
-                ticket.done();
-            }
-        }
-    }
-
-    /// Waits until something subscribes, dropping queued requests meanwhile if the
-    /// policy is `drop_oldest` and connections wait for room. After the queue has
+    /// Waits until something subscribes, dropping the oldest held requests meanwhile
+    /// if the policy is `drop_oldest` and intake waits for room. After intake has
     /// closed (shutdown) it waits at most `linger`.
-    fn wait_for_subscriber(&mut self, subs: &mut Subscriptions, batch: Batch) -> Waited {
+    fn wait_for_subscriber(&mut self, subs: &mut Subscriptions, delivery: Delivery) -> Waited {
         if !self.holding {
             self.holding = true;
             tracing::info!("nobody is subscribed: holding publications until a subscriber arrives");
         }
         let mut give_up_at = None;
         loop {
-            if must_drop(&self.pressure, &self.rx, &self.bytes) {
-                // The held batch is the oldest of all.
-                self.drop_oldest(batch);
+            self.outlet.maintain();
+            if self.outlet.must_drop() {
+                // The held request is the oldest of all.
+                self.outlet.drop_oldest(delivery);
                 return Waited::DroppedOldest;
             }
             if self.socket.poll(zmq::POLLIN, TICK_MS).unwrap_or(0) > 0 {
@@ -194,37 +208,47 @@ impl Worker {
             if subs.any() {
                 self.holding = false;
                 tracing::info!("a subscriber arrived: publishing what was held");
-                return Waited::Ready(batch);
+                return Waited::Ready(delivery);
             }
-            if self.rx.is_closed() {
+            if self.outlet.intake_closed() {
                 let at = *give_up_at.get_or_insert_with(|| Instant::now() + self.linger);
                 if Instant::now() >= at {
-                    return Waited::GaveUp(batch);
+                    return Waited::GaveUp(delivery);
                 }
             }
         }
     }
 
-    /// Shutdown with nobody subscribed: what is still queued cannot be delivered.
-    /// Spooled requests stay in the spool for the next start; the others are lost.
-    fn give_up(&mut self, batch: Batch) {
-        let (mut dropped, mut kept) = (0, 0);
-        let mut held = Some(batch);
-        while let Some(b) = held.take().or_else(|| self.rx.try_recv().ok()) {
-            let n = self.count_out(&b);
-            // A ticket dropped without `done` keeps its record.
-            if !b.spooled.is_empty() {
-                kept += n;
-            } else {
-                dropped += n;
+    /// Shutdown with nobody subscribed: what is still held cannot be delivered. With a
+    /// spool it stays there for the next start; without one it is lost, counted.
+    fn give_up(&mut self, delivery: Delivery) {
+        if self.outlet.is_durable() {
+            let held = delivery.events.events.len();
+            drop(delivery);
+            self.outlet.stop_reading();
+            tracing::warn!(
+                events_in_hand = held,
+                "shutting down with nobody subscribed: what is held stays in the spool for the next start"
+            );
+            return;
+        }
+        let mut dropped = delivery.events.events.len() as u64;
+        drop(delivery);
+        loop {
+            match self.outlet.next(None) {
+                Next::Delivery(d) => dropped += d.events.events.len() as u64,
+                Next::Ended(_) => {}
+                Next::Empty | Next::Closed => break,
+            }
+        }
+        if let Some((joiner, router)) = &mut self.joiner {
+            for line in joiner.ended(None, router) {
+                dropped += line.events.events.len() as u64;
             }
         }
         self.counters
             .events_dropped_no_subscriber
             .fetch_add(dropped, Ordering::Relaxed);
-        if kept > 0 {
-            tracing::warn!(events = kept, "shutting down with nobody subscribed: held events stay in the spool for the next start");
-        }
         if dropped > 0 {
             tracing::warn!(
                 events = dropped,
@@ -233,17 +257,68 @@ impl Worker {
         }
     }
 
-    fn drop_oldest(&mut self, batch: Batch) {
-        drop_oldest(&self.counters, batch);
-        self.pressure.grant();
+    /// Publishes a request's events, through the joiner when there is one.
+    fn deliver(&mut self, delivery: Delivery) {
+        let Delivery { events, mark } = delivery;
+        match &mut self.joiner {
+            None => {
+                self.publish(events);
+                self.outlet.release(mark);
+            }
+            Some((joiner, router)) => {
+                let joined = joiner.offer(events, mark, router);
+                self.publish_joined(joined);
+            }
+        }
     }
 
-    fn count_out(&self, batch: &Batch) -> u64 {
-        count_out(&self.counters, batch)
+    fn publish_joined(&mut self, joined: Vec<Joined<Mark>>) {
+        for Joined { events, marks } in joined {
+            if !events.events.is_empty() {
+                self.publish(events);
+            }
+            for mark in marks {
+                self.outlet.release(mark);
+            }
+        }
     }
 
-    fn publish(&mut self, mut batch: Batch) {
-        self.count_out(&batch);
+    /// Publishes the split lines whose next piece is overdue.
+    fn expire_lines(&mut self) {
+        let Some((joiner, router)) = &mut self.joiner else {
+            return;
+        };
+        let lines = joiner.expire(router);
+        self.publish_joined(lines);
+    }
+
+    /// Publishes the split lines of a connection that ended (or all, at the end).
+    fn finish_lines(&mut self, peer: Option<&str>) {
+        let Some((joiner, router)) = &mut self.joiner else {
+            return;
+        };
+        let lines = joiner.ended(peer, router);
+        self.publish_joined(lines);
+    }
+
+    /// At a shutdown with nobody subscribed: split lines still held are not published;
+    /// with a spool their pieces stay there.
+    fn finish_lines_unpublished(&mut self) {
+        if let Some((joiner, router)) = &mut self.joiner {
+            let n: usize = joiner
+                .ended(None, router)
+                .iter()
+                .map(|l| l.events.events.len())
+                .sum();
+            if !self.outlet.is_durable() {
+                self.counters
+                    .events_dropped_no_subscriber
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn publish(&mut self, mut batch: RoutedEvents) {
         if self.limiter.is_some() {
             self.apply_rate_limit(&mut batch);
         }
@@ -256,10 +331,7 @@ impl Worker {
             socket: &self.socket,
             block: self.slow_subscriber == SlowSubscriber::Block,
             in_message: false,
-            rx: &mut self.rx,
-            pressure: &self.pressure,
-            bytes: &self.bytes,
-            counters: &self.counters,
+            outlet: &mut self.outlet,
         };
         match self.encoder.encode_batch(&batch, &mut sink) {
             Ok(n) => {
@@ -273,26 +345,10 @@ impl Worker {
                 tracing::error!(error = %e, events = batch.events.len(), "ZeroMQ send failed; batch dropped");
             }
         }
-        let now = Instant::now();
-        for ticket in batch.spooled.drain(..) {
-            self.published.push_back((now, ticket));
-        }
     }
-}
 
-/// Under `drop_oldest`, true while a connection waits and the queue is really full:
-/// no free slot, or fewer free bytes than the waiting request needs. Dropping a batch
-/// returns its bytes at once, so this turns false as soon as there is room: no more is
-/// dropped than needed.
-fn must_drop(pressure: &Pressure, rx: &mpsc::Receiver<Batch>, bytes: &Semaphore) -> bool {
-    pressure.wants_drop()
-        && (rx.capacity() == 0
-            || (bytes.available_permits() as u64) < pressure.needed_bytes.load(Ordering::SeqCst))
-}
-
-impl Worker {
     /// Drops the events over their tenant's rate, counting them per tenant.
-    fn apply_rate_limit(&mut self, batch: &mut Batch) {
+    fn apply_rate_limit(&mut self, batch: &mut RoutedEvents) {
         let Some(limiter) = self.limiter.as_mut() else {
             return;
         };
@@ -321,50 +377,21 @@ impl Worker {
     }
 }
 
-/// Takes a batch out of the queue gauges; returns its event count.
-fn count_out(counters: &Counters, batch: &Batch) -> u64 {
-    Counters::decrease(&counters.queue_requests, 1);
-    let cost = batch.permit.as_ref().map_or(0, |p| p.num_permits() as u64);
-    Counters::decrease(&counters.queue_bytes, cost);
-    batch.events.len() as u64
-}
-
-/// Drops a queued batch under `when_full = drop_oldest`, counted (its permit returns
-/// to the queue as it is dropped).
-fn drop_oldest(counters: &Counters, mut batch: Batch) {
-    let n = count_out(counters, &batch);
-    for ticket in batch.spooled.drain(..) {
-        ticket.done();
-    }
-    let before = counters
-        .requests_dropped_queue_full
-        .fetch_add(1, Ordering::Relaxed);
-    counters
-        .events_dropped_queue_full
-        .fetch_add(n, Ordering::Relaxed);
-    if before % 1000 == 0 {
-        tracing::warn!(
-            dropped_requests = before + 1,
-            "publisher queue full: dropping the oldest requests (when_full = drop_oldest)"
-        );
-    }
-}
-
 enum Waited {
-    Ready(Batch),
+    Ready(Delivery),
     DroppedOldest,
-    GaveUp(Batch),
+    GaveUp(Delivery),
 }
 
 /// Counts a published batch per tenant. Consecutive events of one tenant (the usual
 /// case: one container per connection) make one run, so the shared map is locked once
 /// per batch and touched once per run.
-fn count_tenants(encoder: &Encoder, batch: &Batch, tenants: &TenantCounts) {
+fn count_tenants(encoder: &Encoder, batch: &RoutedEvents, tenants: &TenantCounts) {
     tenants.add_runs(tenant_runs(encoder, batch));
 }
 
 /// The batch's events as runs of one tenant, in order: (tenant, events in the run).
-fn tenant_runs<'a>(encoder: &'a Encoder, batch: &'a Batch) -> Vec<(&'a [u8], u64)> {
+fn tenant_runs<'a>(encoder: &'a Encoder, batch: &'a RoutedEvents) -> Vec<(&'a [u8], u64)> {
     let mut runs: Vec<(&[u8], u64)> = Vec::new();
     for ev in &batch.events {
         let tenant = encoder.tenant_of(batch, ev);
@@ -387,23 +414,20 @@ struct ZmqSink<'a> {
     block: bool,
     /// True between the first and the last frame of a message.
     in_message: bool,
-    rx: &'a mut mpsc::Receiver<Batch>,
-    pressure: &'a Pressure,
-    bytes: &'a Semaphore,
-    counters: &'a Counters,
+    outlet: &'a mut Outlet,
 }
 
 impl ZmqSink<'_> {
     /// Waits for the socket to take a message; meanwhile, under `drop_oldest`, drops
-    /// queued requests while connections wait for room.
+    /// held requests while intake waits for room.
     fn wait_for_room(&mut self) {
         let _ = self.socket.poll(zmq::POLLOUT, TICK_MS);
-        while must_drop(self.pressure, self.rx, self.bytes) {
-            let Ok(oldest) = self.rx.try_recv() else {
+        self.outlet.maintain();
+        while self.outlet.must_drop() {
+            let Next::Delivery(oldest) = self.outlet.next(None) else {
                 break;
             };
-            drop_oldest(self.counters, oldest);
-            self.pressure.grant();
+            self.outlet.drop_oldest(oldest);
         }
     }
 }

@@ -1,9 +1,11 @@
 //! One client connection: read, find complete requests, decode, route, hand each
-//! request's events to the publisher in one batch, then ack.
+//! request's events to the buffer in one batch, then ack.
 
 use super::handoff::Handoff;
 use super::handshake::Security;
 use crate::batch::{build_batch, BatchLimits};
+use crate::buffer::spool::SpoolError;
+use crate::buffer::{BufferError, Intake, Receipt, Submission};
 use crate::dedup::Dedup;
 use crate::forward::ack::{encode_ack, encode_json_ack};
 use crate::forward::compression::DecompressError;
@@ -11,11 +13,8 @@ use crate::forward::json::{json_to_msgpack, starts_json, JsonError, JsonScanner}
 use crate::forward::msgpack::Cursor;
 use crate::forward::{decode_request, Compression, Limits, RequestError, ScanError, Scanner};
 use crate::metrics::Counters;
-use crate::partial::{JoinLimits, Joiner};
 use crate::publish::json::write_value;
-use crate::publish::Queue;
 use crate::route::Router;
-use crate::spool::{Spool, SpoolError};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -31,14 +30,13 @@ pub struct Shared {
     pub limits: Limits,
     /// Caps on a request as it is expanded into events.
     pub batch_limits: BatchLimits,
-    pub publisher: Queue,
+    /// Where requests go on their way to the publisher.
+    pub intake: Intake,
     pub counters: Arc<Counters>,
     /// Chunk ids accepted recently, to ack resends without publishing them twice.
     pub dedup: Option<Dedup>,
-    /// The disk spool, when configured.
-    pub spool: Option<Arc<Spool>>,
-    /// Limits for joining Docker's split lines; `None`: pieces pass as they are.
-    pub join: Option<JoinLimits>,
+    /// Split lines are joined (by the publisher): tell it when a connection ends.
+    pub join_partial: bool,
     /// The handshake, when a shared key is configured.
     pub security: Option<Arc<Security>>,
     /// Source networks and connection limits.
@@ -144,15 +142,20 @@ pub async fn serve<S>(
     tracing::debug!(peer = %peer, "connection accepted");
     let mut conn = Connection {
         peer_host: None,
-        joiner: shared.join.map(Joiner::new),
         stream,
         peer: peer.clone(),
         identity,
         shared,
         buf: BytesMut::new(),
+        region_alloc: 0,
         framing: Framing::Unknown,
     };
-    match conn.run(&cancel).await {
+    let result = conn.run(&cancel).await;
+    if conn.shared.join_partial {
+        // Split lines of this connection that wait for a piece get no more.
+        conn.shared.intake.connection_ended(peer.clone());
+    }
+    match result {
         Ok(()) => tracing::debug!(peer = %peer, "connection closed"),
         Err(ConnectionError::Idle) => {
             conn.shared
@@ -177,13 +180,14 @@ pub async fn serve<S>(
 struct Connection<S> {
     /// The client's host name, when `input.source_hostname_key` asks for it.
     peer_host: Option<Arc<str>>,
-    /// Docker's split lines being joined, when `input.join_partial` is on.
-    joiner: Option<Joiner>,
     stream: S,
     peer: Arc<str>,
     identity: Arc<str>,
     shared: Arc<Shared>,
     buf: BytesMut,
+    /// The bytes of the allocation the region being handled was read into (its part of
+    /// the read buffer): a small request is copied out of a large one before it is held.
+    region_alloc: usize,
     framing: Framing,
 }
 
@@ -195,8 +199,7 @@ enum Framing {
 }
 
 impl<S: AsyncRead + AsyncWrite + Readiness + Unpin> Connection<S> {
-    /// Reads and handles requests until the client closes, bad input, or `cancel`;
-    /// then publishes any split lines still held.
+    /// Reads and handles requests until the client closes, bad input, or `cancel`.
     async fn run(&mut self, cancel: &CancellationToken) -> Result<(), ConnectionError> {
         if self.shared.resolve_hostname {
             self.peer_host = resolve_host(&self.identity).await;
@@ -209,16 +212,7 @@ impl<S: AsyncRead + AsyncWrite + Readiness + Unpin> Connection<S> {
                     ConnectionError::Handshake("no PING within the handshake timeout".into())
                 })??;
         }
-        let result = self.read_loop(cancel).await;
-        if let Some(joiner) = &mut self.joiner {
-            let held = joiner.expire(true, &self.shared.router, &self.peer);
-            for batch in held {
-                if self.shared.publisher.send(batch).await.is_err() {
-                    break;
-                }
-            }
-        }
-        result
+        self.read_loop(cancel).await
     }
 
     async fn read_loop(&mut self, cancel: &CancellationToken) -> Result<(), ConnectionError> {
@@ -238,7 +232,6 @@ impl<S: AsyncRead + AsyncWrite + Readiness + Unpin> Connection<S> {
                 // The HELO said keepalive: false; one request per connection.
                 return Ok(());
             }
-            let deadline = self.joiner.as_ref().and_then(Joiner::next_deadline);
             // An idle connection may wait `idle_timeout`; a request that has begun must
             // be complete within `request_timeout` of its first byte.
             let idle = self.buf.is_empty();
@@ -263,10 +256,6 @@ impl<S: AsyncRead + AsyncWrite + Readiness + Unpin> Connection<S> {
             let n = tokio::select! {
                 r = read_when_ready(&mut self.stream, &mut self.buf, needed) => r?,
                 _ = &mut cancelled, if idle => return Ok(()),
-                _ = sleep_until_opt(deadline) => {
-                    self.publish_expired().await?;
-                    continue;
-                }
                 _ = sleep_until_opt(limit.map(|l| l.0)) => {
                     return Err(match limit {
                         Some((_, true)) => ConnectionError::Idle,
@@ -308,21 +297,6 @@ impl<S: AsyncRead + AsyncWrite + Readiness + Unpin> Connection<S> {
         let (pong, outcome) = security.answer(&challenge, ip, self.peer_host.as_deref(), &ping);
         self.stream.write_all(&pong).await?;
         outcome.map_err(ConnectionError::Handshake)
-    }
-
-    /// Publishes split lines whose next piece is overdue.
-    async fn publish_expired(&mut self) -> Result<(), ConnectionError> {
-        let Some(joiner) = &mut self.joiner else {
-            return Ok(());
-        };
-        for batch in joiner.expire(false, &self.shared.router, &self.peer) {
-            self.shared
-                .publisher
-                .send(batch)
-                .await
-                .map_err(|_| ConnectionError::PublisherClosed)?;
-        }
-        Ok(())
     }
 
     /// Decides how requests are delimited from the connection's first byte, once it
@@ -368,6 +342,7 @@ impl<S: AsyncRead + AsyncWrite + Readiness + Unpin> Connection<S> {
             let mut any = false;
             while let Some(frame) = self.next_frame()? {
                 let len = frame.len();
+                self.region_alloc = len;
                 self.handle_region(frame, &[len], true).await?;
                 any = true;
                 if one_request {
@@ -393,6 +368,7 @@ impl<S: AsyncRead + AsyncWrite + Readiness + Unpin> Connection<S> {
             }
         }
         if at > 0 {
+            self.region_alloc = self.buf.capacity();
             let region = self.buf.split_to(at).freeze();
             self.handle_region(region, &ends, false).await?;
         }
@@ -411,7 +387,7 @@ impl<S: AsyncRead + AsyncWrite + Readiness + Unpin> Connection<S> {
         ends: &[usize],
         json: bool,
     ) -> Result<(), ConnectionError> {
-        let mut handoff = Handoff::default();
+        let mut handoff = Handoff::new(self.shared.intake.keeps_frames());
         let mut at = 0;
         for &end in ends {
             if let Err(e) = self.handle(&region, at..end, json, &mut handoff).await {
@@ -470,10 +446,8 @@ impl<S: AsyncRead + AsyncWrite + Readiness + Unpin> Connection<S> {
             // Metrics and traces carry cmetrics/ctraces payloads, not log records.
             counters.signal_requests.fetch_add(1, Ordering::Relaxed);
         } else {
-            // The spool keeps the request's bytes; without one the frame moves on.
-            let spooled_frame = shared.spool.as_ref().map(|_| frame.clone());
             let (batch, invalid) = build_batch(
-                frame,
+                frame.clone(),
                 &request,
                 &shared.router,
                 shared.batch_limits,
@@ -487,20 +461,12 @@ impl<S: AsyncRead + AsyncWrite + Readiness + Unpin> Connection<S> {
             }
             if let Some(mut batch) = batch {
                 batch.peer_host = self.peer_host.clone();
-                if let (Some(spool), Some(frame)) = (&shared.spool, spooled_frame) {
-                    // On disk before the ack: a crash from here on loses nothing acked.
-                    batch.spooled.push(spool.append(&self.peer, frame).await?);
-                }
-                let uncompressed = request.options.compressed == Compression::None;
-                match &mut self.joiner {
-                    Some(joiner) => joiner
-                        .offer(batch, &shared.router)
-                        .into_iter()
-                        .for_each(|b| handoff.push(b)),
+                if request.options.compressed == Compression::None {
                     // The batch's spans index the request's own bytes: it can join the
                     // batch of the requests before it.
-                    None if uncompressed => handoff.merge(batch, region, at),
-                    None => handoff.push(batch),
+                    handoff.merge(batch, region, at);
+                } else {
+                    handoff.push(batch, frame);
                 }
             }
         }
@@ -511,16 +477,30 @@ impl<S: AsyncRead + AsyncWrite + Readiness + Unpin> Connection<S> {
         Ok(())
     }
 
-    /// Sends the batches of `handoff` to the publisher, then writes the acks of their
-    /// requests and remembers their chunk ids: a request is acked only once its events
-    /// are with the publisher (and in the spool, when there is one).
+    /// Hands the batches of `handoff` to the buffer, then writes the acks of their
+    /// requests and remembers their chunk ids: a request is acked only once the buffer
+    /// holds its events (on disk, when there is a spool).
     async fn hand_off(&mut self, handoff: &mut Handoff) -> Result<(), ConnectionError> {
-        for batch in handoff.take_batches() {
-            self.shared
-                .publisher
-                .send(batch)
-                .await
-                .map_err(|_| ConnectionError::PublisherClosed)?;
+        let received_ns = now_ns();
+        let mut receipts: Vec<Receipt> = Vec::new();
+        for mut ready in handoff.take_batches() {
+            // A held request must not keep the whole read buffer alive.
+            ready.events.unpin(self.region_alloc);
+            let submission = Submission {
+                events: ready.events,
+                frames: ready.frames,
+                received_ns,
+            };
+            receipts.push(
+                self.shared
+                    .intake
+                    .submit(submission)
+                    .await
+                    .map_err(buffer_error)?,
+            );
+        }
+        for receipt in receipts {
+            receipt.accepted().await.map_err(buffer_error)?;
         }
         if let Some(dedup) = &self.shared.dedup {
             for chunk in handoff.chunks.drain(..) {
@@ -538,6 +518,20 @@ impl<S: AsyncRead + AsyncWrite + Readiness + Unpin> Connection<S> {
         }
         Ok(())
     }
+}
+
+fn buffer_error(e: BufferError) -> ConnectionError {
+    match e {
+        BufferError::Spool(e) => ConnectionError::Spool(e),
+        BufferError::Closed | BufferError::Thread(..) => ConnectionError::PublisherClosed,
+    }
+}
+
+/// Now, in nanoseconds since the Unix epoch.
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Reads into `buf` once the stream is readable. An empty `buf` gets its space only

@@ -7,7 +7,7 @@
 //! to the publisher alone costs a queue operation, a thread wakeup and an allocation
 //! per record; merged, the cost is paid once per read.
 
-use crate::publish::Batch;
+use crate::event::RoutedEvents;
 use crate::route::{same_bytes, Line, Routed, Span};
 use bytes::Bytes;
 
@@ -19,8 +19,10 @@ const MAX_BYTES: usize = 1 << 20;
 /// The batches, acks and chunk ids of the requests handled since the last hand-off.
 #[derive(Default)]
 pub struct Handoff {
+    /// Keep each request's bytes beside its events (for the spool).
+    keep_frames: bool,
     /// Complete batches, in request order, to send before `merging`.
-    ready: Vec<Batch>,
+    ready: Vec<Ready>,
     /// The batch being merged from consecutive requests of one read.
     merging: Option<Merging>,
     /// Acks to write once every batch above is with the publisher, in request order.
@@ -31,29 +33,47 @@ pub struct Handoff {
     pub chunks: Vec<Bytes>,
 }
 
+/// The events of requests handled together, and the requests' bytes when kept.
+pub struct Ready {
+    pub events: RoutedEvents,
+    pub frames: Vec<Bytes>,
+}
+
 /// A batch whose data will be `region[start..end]`, the requests merged into it. Until
 /// it is closed its `data` is its first request's bytes (which begin at `start`, so the
 /// spans hold), to spare a reference count update per request.
 struct Merging {
-    batch: Batch,
+    batch: RoutedEvents,
+    frames: Vec<Bytes>,
     region: Bytes,
     start: usize,
     end: usize,
 }
 
 impl Merging {
-    fn close(mut self) -> Batch {
+    fn close(mut self) -> Ready {
         self.batch.data = self.region.slice(self.start..self.end);
-        self.batch
+        Ready {
+            events: self.batch,
+            frames: self.frames,
+        }
     }
 }
 
 impl Handoff {
+    /// `keep_frames`: keep each request's bytes with its events, for the spool.
+    pub fn new(keep_frames: bool) -> Handoff {
+        Handoff {
+            keep_frames,
+            ..Handoff::default()
+        }
+    }
+
     /// Adds the batch of a request whose bytes are `region[at..at + batch.data.len()]`
     /// and whose spans index those bytes (an uncompressed request). It joins the batch
     /// being merged when both come from the same region and have the same tag; requests
     /// in between that published nothing (heartbeats, duplicates) are simply covered.
-    pub fn merge(&mut self, batch: Batch, region: &Bytes, at: usize) {
+    pub fn merge(&mut self, batch: RoutedEvents, region: &Bytes, at: usize) {
         if let Some(m) = &mut self.merging {
             let same_tag = same_bytes(m.batch.tag.get(&m.batch.data), batch.tag.get(&batch.data));
             let end = at + batch.data.len();
@@ -63,24 +83,41 @@ impl Handoff {
                 m.batch
                     .events
                     .extend(batch.events.iter().map(|e| shifted(e, shift)));
-                m.batch.spooled.extend(batch.spooled);
+                if self.keep_frames {
+                    m.frames.push(batch.data);
+                }
                 return;
             }
         }
         self.close_merging();
         let end = at + batch.data.len();
+        let frames = if self.keep_frames {
+            vec![batch.data.clone()]
+        } else {
+            Vec::new()
+        };
         self.merging = Some(Merging {
             batch,
+            frames,
             region: region.clone(),
             start: at,
             end,
         });
     }
 
-    /// Adds a batch that cannot be merged (its data is not the request's bytes).
-    pub fn push(&mut self, batch: Batch) {
+    /// Adds a batch that cannot be merged (its data is not the request's bytes, which
+    /// are `frame`).
+    pub fn push(&mut self, batch: RoutedEvents, frame: Bytes) {
         self.close_merging();
-        self.ready.push(batch);
+        let frames = if self.keep_frames {
+            vec![frame]
+        } else {
+            Vec::new()
+        };
+        self.ready.push(Ready {
+            events: batch,
+            frames,
+        });
     }
 
     /// Queues an ack and, when duplicates are tracked, the chunk id it acknowledges.
@@ -99,12 +136,12 @@ impl Handoff {
     /// True when it is time to hand off before taking more requests.
     pub fn is_full(&self) -> bool {
         let merged = self.merging.as_ref().map_or(0, |m| m.batch.events.len());
-        let ready: usize = self.ready.iter().map(|b| b.events.len()).sum();
+        let ready: usize = self.ready.iter().map(|b| b.events.events.len()).sum();
         merged + ready >= MAX_EVENTS
     }
 
     /// The batches to send, in request order; the acks and chunks stay.
-    pub fn take_batches(&mut self) -> Vec<Batch> {
+    pub fn take_batches(&mut self) -> Vec<Ready> {
         self.close_merging();
         std::mem::take(&mut self.ready)
     }
@@ -166,7 +203,7 @@ mod tests {
 
     /// Message requests `(tag, line, tenant)` read together, routed and merged: the
     /// region they were read in, and the batches.
-    fn merged(requests: &[(&str, &str, &str)]) -> (Bytes, Vec<Batch>) {
+    fn merged(requests: &[(&str, &str, &str)]) -> (Bytes, Vec<RoutedEvents>) {
         let mut bytes = Vec::new();
         let mut ends = Vec::new();
         for (tag, line, tenant) in requests {
@@ -176,7 +213,7 @@ mod tests {
         let region = Bytes::from(bytes);
         let router = Router::new(&RouteConfig::default()).unwrap();
         let peer: Arc<str> = "test".into();
-        let mut h = Handoff::default();
+        let mut h = Handoff::new(true);
         let mut at = 0;
         for end in ends {
             let frame = region.slice(at..end);
@@ -186,10 +223,13 @@ mod tests {
             at = end;
         }
         let batches = h.take_batches();
-        (region, batches)
+        // Each batch keeps the bytes of the requests merged into it.
+        let frames: usize = batches.iter().map(|b| b.frames.len()).sum();
+        assert_eq!(frames, requests.len());
+        (region, batches.into_iter().map(|b| b.events).collect())
     }
 
-    fn lines(b: &Batch) -> Vec<(&[u8], &[u8])> {
+    fn lines(b: &RoutedEvents) -> Vec<(&[u8], &[u8])> {
         b.events
             .iter()
             .map(|e| {

@@ -23,6 +23,8 @@ pub struct Status {
     pub listening: AtomicBool,
     /// Readiness needs a connected ZeroMQ peer (the gateway only connects, never binds).
     pub needs_peer: bool,
+    /// The buffer: not ready while the spool is full or cannot be written.
+    pub buffer: crate::buffer::Health,
 }
 
 impl Status {
@@ -32,6 +34,9 @@ impl Status {
         }
         if self.needs_peer && self.counters.zmq_peers.load(Ordering::Relaxed) == 0 {
             return Err("no ZeroMQ peer connected");
+        }
+        if let Some(problem) = self.buffer.problem() {
+            return Err(problem);
         }
         Ok(())
     }

@@ -8,9 +8,11 @@ mod handshake;
 mod heartbeat;
 mod http;
 mod listener;
+mod replay;
 mod tls;
 
 use crate::batch::BatchLimits;
+use crate::buffer::{self, BufferError};
 use crate::config::Config;
 use crate::dedup::Dedup;
 use crate::forward::Limits;
@@ -18,7 +20,6 @@ use crate::metrics::{Counters, TenantCounts};
 use crate::partial::JoinLimits;
 use crate::publish::{PublishError, Publisher, TenantLimits};
 use crate::route::Router;
-use crate::spool::{Replayed, Spool};
 use connection::Shared;
 use listener::Listeners;
 use std::future::Future;
@@ -49,7 +50,7 @@ pub enum ServerError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
-    Spool(#[from] crate::spool::SpoolError),
+    Buffer(#[from] BufferError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error("invalid route.tag_regex: {0}")]
@@ -67,17 +68,42 @@ pub async fn run(
     let counters = Arc::new(Counters::default());
     let timeout = Duration::from_millis(config.shutdown.timeout_ms);
     let router = Router::new(&config.route)?;
-    let (spool, replayed) = match config.spool.dir.as_str() {
-        "" => (None, Vec::new()),
-        _ => {
-            let (spool, replayed) = Spool::open(&config.spool)?;
-            (Some(Arc::new(spool)), replayed)
-        }
+    let batch_limits = BatchLimits {
+        max_depth: config.input.max_depth,
+        max_decompressed: config.input.max_decompressed_size,
     };
     let listeners = Listeners::bind(&config).await?;
+    let spool = (!config.spool.dir.is_empty()).then(|| {
+        // A record holds at most a hand-off's requests: what one read may hold.
+        let max_payload = config.input.max_frame_size.saturating_mul(2).max(1 << 21) + 65536;
+        let settings = buffer::spool_settings(&config.spool, max_payload);
+        (config.spool.clone(), settings)
+    });
+    let (intake, outlet) = buffer::start(
+        buffer::Settings {
+            queue_requests: config.output.queue_requests,
+            queue_bytes: config.output.queue_bytes,
+            when_full: config.output.when_full,
+            spool,
+        },
+        counters.clone(),
+        Arc::new(replay::Expander {
+            router: router.clone(),
+            limits: batch_limits,
+        }),
+        tokio::runtime::Handle::current(),
+    )?;
     let tenants = Arc::new(TenantCounts::new(config.metrics.max_tenants));
     let rate_limited = Arc::new(TenantCounts::new(config.metrics.max_tenants));
-    let (sender, publisher) = Publisher::start(
+    let join = config.input.join_partial.then(|| {
+        let limits = JoinLimits {
+            max_bytes: config.input.partial_max_bytes,
+            timeout: Duration::from_millis(config.input.partial_timeout_ms),
+        };
+        (limits, router.clone())
+    });
+    let health = intake.health();
+    let publisher = Publisher::start(
         &config.output,
         &config.route,
         timeout,
@@ -90,6 +116,8 @@ pub async fn run(
             source_address_key: config.input.source_address_key.clone(),
             source_hostname_key: config.input.source_hostname_key.clone(),
         },
+        outlet,
+        join,
     )?;
     let status = Arc::new(http::Status {
         counters: counters.clone(),
@@ -97,6 +125,7 @@ pub async fn run(
         rate_limited,
         listening: AtomicBool::new(false),
         needs_peer: config.output.zmq_bind.is_empty(),
+        buffer: health,
     });
     let metrics_listener = match config.metrics.listen.as_str() {
         "" => None,
@@ -120,14 +149,11 @@ pub async fn run(
             max_size: config.input.max_frame_size,
             max_depth: config.input.max_depth,
         },
-        batch_limits: BatchLimits {
-            max_depth: config.input.max_depth,
-            max_decompressed: config.input.max_decompressed_size,
-        },
-        publisher: sender,
+        batch_limits,
+        intake,
         counters: counters.clone(),
         dedup: Dedup::new(config.input.dedup_window, config.input.dedup_clients),
-        spool: spool.clone(),
+        join_partial: config.input.join_partial,
         security: handshake::Security::from_config(&config).map(Arc::new),
         admission: Arc::new(admission::Admission::new(&config, counters.clone())),
         resolve_hostname: !config.input.source_hostname_key.is_empty(),
@@ -135,10 +161,6 @@ pub async fn run(
             .then(|| Duration::from_millis(config.limits.idle_timeout_ms)),
         request_timeout: (config.limits.request_timeout_ms > 0)
             .then(|| Duration::from_millis(config.limits.request_timeout_ms)),
-        join: config.input.join_partial.then(|| JoinLimits {
-            max_bytes: config.input.partial_max_bytes,
-            timeout: Duration::from_millis(config.input.partial_timeout_ms),
-        }),
     });
 
     tracing::info!(
@@ -155,20 +177,6 @@ pub async fn run(
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    if !replayed.is_empty() {
-        tracing::info!(
-            requests = replayed.len(),
-            "publishing requests left in the spool by an earlier run"
-        );
-        let (shared, cancel) = (shared.clone(), cancel.clone());
-        tracker.spawn(async move {
-            tokio::select! {
-                _ = replay(replayed, &shared) => {}
-                // What is not replayed yet stays in the spool.
-                _ = cancel.cancelled() => {}
-            }
-        });
-    }
     let accepting = listeners.spawn(&tracker, shared.clone(), cancel.clone());
     status.listening.store(true, Ordering::Relaxed);
     let http_task =
@@ -181,14 +189,11 @@ pub async fn run(
     for task in accepting {
         let _ = task.await;
     }
-    // Every connection task holds the publisher queue through `shared`; once they are
-    // gone the publisher sees the queue close, sends what is left, and stops.
+    // Every connection task holds the buffer's intake through `shared`; once they are
+    // gone the publisher sees intake close, sends what is left, and stops.
     drop(shared);
     if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
         tracing::warn!("connections still busy at the shutdown deadline; closing them");
-    }
-    if let Some(spool) = &spool {
-        spool.close();
     }
     // The publisher may use the timeout twice: waiting for a subscriber to take what it
     // holds, then lingering while the socket flushes to the subscribers.
@@ -201,39 +206,4 @@ pub async fn run(
     }
     tracing::info!(counters = %counters.summary(), "fwdgate stopped");
     Ok(counters)
-}
-
-/// Hands requests read back from the spool to the publisher, in their spooled order.
-/// Each keeps its spool ticket, so it leaves the spool only once published.
-async fn replay(replayed: Vec<Replayed>, shared: &Shared) {
-    for r in replayed {
-        let request = match crate::forward::decode_request(&r.frame) {
-            Ok(request) => request,
-            Err(e) => {
-                tracing::warn!(peer = %r.peer, reason = %e, "spooled request cannot be decoded; discarded");
-                r.ticket.done();
-                continue;
-            }
-        };
-        let built = crate::batch::build_batch(
-            r.frame.clone(),
-            &request,
-            &shared.router,
-            shared.batch_limits,
-            &r.peer,
-        );
-        match built {
-            Ok((Some(mut batch), _)) => {
-                batch.spooled.push(r.ticket);
-                if shared.publisher.send(batch).await.is_err() {
-                    return;
-                }
-            }
-            Ok((None, _)) => r.ticket.done(),
-            Err(e) => {
-                tracing::warn!(peer = %r.peer, reason = %e, "spooled request cannot be expanded; discarded");
-                r.ticket.done();
-            }
-        }
-    }
 }

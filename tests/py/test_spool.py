@@ -76,7 +76,7 @@ def test_held_requests_survive_sigkill_and_torn_tail(start_gateway, tmp_path):
             acked.append(line)
     gw.proc.send_signal(signal.SIGKILL)
     gw.proc.wait(10)
-    segments = sorted(glob.glob(str(spool / "*.spool")))
+    segments = sorted(glob.glob(str(spool / "*.seg")))
     assert segments, "nothing in the spool after the crash"
     # A crash in the middle of a write leaves a torn record: simulate one.
     with open(segments[-1], "ab") as f:
@@ -86,11 +86,11 @@ def test_held_requests_survive_sigkill_and_torn_tail(start_gateway, tmp_path):
         gw2 = start_gateway("--config", config, "--zmq-connect", endpoint, zmq_bind=False)
         got = assert_all_arrive(sub, acked, "held then SIGKILL")
         assert got == acked, "replayed out of order or with duplicates"
-        assert gw2.wait_log(lambda raw, obj: "torn or corrupt tail" in raw, timeout=5) is not None
+        assert gw2.wait_log(lambda raw, obj: "damaged or torn" in raw, timeout=5) is not None
         gw2.stop()
     finally:
         sub.close(0)
-    leftover = [p for p in glob.glob(str(spool / "*.spool")) if os.path.getsize(p) > 0]
+    leftover = [p for p in glob.glob(str(spool / "*.seg")) if os.path.getsize(p) > 0]
     assert leftover == [], "published requests left in the spool: %r" % leftover
 
 
