@@ -179,6 +179,7 @@ pub fn build_batch(
         tag: Span::of(tag_range),
         peer: peer.clone(),
         peer_host: None,
+        connection: 0,
         events,
     };
     Ok((Some(batch), invalid))

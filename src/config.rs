@@ -84,6 +84,11 @@ pub struct InputConfig {
     /// How long to wait for the next piece before publishing what was joined
     /// (marked `partial_message: "true"`). Default 5000 ms.
     pub partial_timeout_ms: u64,
+    /// Keep each client's requests (its source address, or the unix socket, and the
+    /// request's tag) in the order in which their last byte arrived, also across its
+    /// connections (Fluentd sends each chunk on a connection of its own, the next one
+    /// before the last is acked). Default `true`.
+    pub keep_client_order: bool,
     /// Listeners that speak the forward protocol over TLS.
     pub tls: TlsConfig,
     /// Source networks allowed to connect over TCP and TLS (`10.0.0.0/8`, `::1`).
@@ -128,6 +133,7 @@ impl Default for InputConfig {
             dedup_window: 1024,
             dedup_clients: 4096,
             join_partial: false,
+            keep_client_order: true,
             partial_max_bytes: 1 << 20,
             partial_timeout_ms: 5000,
             tls: TlsConfig::default(),

@@ -18,6 +18,9 @@ pub struct RoutedEvents {
     pub peer: Arc<str>,
     /// The client's host name, resolved when `input.source_hostname_key` is set.
     pub peer_host: Option<Arc<str>>,
+    /// The connection the events came on (numbered from 1 in each run; 0 when they were
+    /// read back from the spool).
+    pub connection: u64,
     pub events: Vec<Routed>,
 }
 
@@ -57,6 +60,7 @@ mod tests {
             tag: Span::default(),
             peer: "p".into(),
             peer_host: None,
+            connection: 0,
             events: Vec::new(),
         }
     }

@@ -47,6 +47,8 @@ struct Pending<M> {
     /// published.
     marks: Vec<M>,
     peer_host: Option<Arc<str>>,
+    /// The connection its last piece came on.
+    connection: u64,
     deadline: Instant,
 }
 
@@ -152,6 +154,7 @@ impl<M: Clone> Joiner<M> {
                         joined: Vec::new(),
                         marks: Vec::new(),
                         peer_host: batch.peer_host.clone(),
+                        connection: batch.connection,
                         deadline: Instant::now(),
                     },
                 );
@@ -160,6 +163,7 @@ impl<M: Clone> Joiner<M> {
                 continue;
             };
             p.joined.extend_from_slice(line.get(&batch.data));
+            p.connection = batch.connection;
             p.deadline = Instant::now() + self.limits.timeout;
             if piece.last || p.joined.len() >= self.limits.max_bytes {
                 // What passed before this line goes first, to keep the order.
@@ -208,10 +212,10 @@ impl<M: Clone> Joiner<M> {
         self.take_where(router, |_, p| p.deadline <= now)
     }
 
-    /// Publishes, incomplete, the lines of a connection that ended (or, with `None`,
-    /// every line: the gateway stops).
-    pub fn ended(&mut self, peer: Option<&str>, router: &Router) -> Vec<Joined<M>> {
-        self.take_where(router, |k, _| peer.is_none_or(|peer| *k.0 == *peer))
+    /// Publishes, incomplete, the lines whose last piece came on a connection that
+    /// ended (or, with `None`, every line: the gateway stops).
+    pub fn ended(&mut self, connection: Option<u64>, router: &Router) -> Vec<Joined<M>> {
+        self.take_where(router, |_, p| connection.is_none_or(|c| p.connection == c))
     }
 
     fn take_where(
@@ -256,6 +260,7 @@ fn rest_of(batch: &RoutedEvents, events: Vec<Routed>) -> RoutedEvents {
         tag: batch.tag,
         peer: batch.peer.clone(),
         peer_host: batch.peer_host.clone(),
+        connection: batch.connection,
         events,
     }
 }
@@ -311,6 +316,7 @@ fn joined_batch<M>(p: Pending<M>, complete: bool, router: &Router, peer: &Arc<st
             tag: tag_route.tag,
             peer: peer.clone(),
             peer_host: p.peer_host,
+            connection: p.connection,
             events: vec![routed],
         },
         marks: p.marks,
@@ -328,7 +334,8 @@ mod tests {
         out.extend_from_slice(s);
     }
 
-    /// A batch of one Docker-shaped record: tag "ctr", then the record.
+    /// A batch of one Docker-shaped record: tag "ctr", then the record. `peer` names
+    /// the client and its connection.
     fn piece(
         router: &Router,
         peer: &str,
@@ -362,6 +369,7 @@ mod tests {
             tag: tag.tag,
             peer: peer.into(),
             peer_host: None,
+            connection: if peer == "b" { 2 } else { 1 },
             events: vec![ev],
         }
     }
@@ -444,7 +452,7 @@ mod tests {
         );
         assert_eq!(line(&a[0]), b"one-end");
         assert_eq!(a[0].marks, [1, 3]);
-        let b = j.ended(Some("b"), &router);
+        let b = j.ended(Some(2), &router);
         assert_eq!(line(&b[0]), b"two-");
         assert_eq!(b[0].marks, [2]);
         assert_eq!(keys(&b[0]), ["log", "source", "partial_message"]);

@@ -36,7 +36,7 @@ pub enum Item {
         from: u64,
     },
     /// A client connection ended (the publisher finishes its split lines).
-    Ended(Arc<str>),
+    Ended(u64),
 }
 
 /// The sending side, for intake (and the spool writer). The queue ends when every

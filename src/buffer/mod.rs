@@ -166,11 +166,11 @@ impl Intake {
 
     /// A client connection ended: the publisher finishes the split lines it holds for
     /// it (they were waiting for pieces that will not come).
-    pub fn connection_ended(&self, peer: Arc<str>) {
+    pub fn connection_ended(&self, connection: u64) {
         match &self.inner.spool {
-            None => self.inner.memory.mark(Item::Ended(peer)),
+            None => self.inner.memory.mark(Item::Ended(connection)),
             Some((_, writer)) => {
-                let _ = writer.send(Append::Ended(peer));
+                let _ = writer.send(Append::Ended(connection));
             }
         }
     }
@@ -241,7 +241,7 @@ struct MarkInner {
 pub enum Next {
     Delivery(Delivery),
     /// A client connection ended.
-    Ended(Arc<str>),
+    Ended(u64),
     /// Nothing within the wait.
     Empty,
     /// Intake is closed and everything is taken (or, with a spool at shutdown, the
@@ -269,6 +269,8 @@ pub struct Outlet {
 /// The spool's parts on the publisher's side.
 struct Spooled {
     spool: Arc<Spool>,
+    /// `when_full = "drop_oldest"`: the oldest held requests make room in the spool.
+    drop_oldest: bool,
     disk_rx: mpsc::Receiver<DiskItem>,
     ledger: Ledger,
     reader: Option<JoinHandle<()>>,
@@ -354,6 +356,7 @@ pub fn start(
             Phase::Memory
         },
         spooled: Some(Spooled {
+            drop_oldest: settings.when_full == WhenFull::DropOldest,
             ledger: Ledger::new(spool.clone(), start),
             spool,
             disk_rx,
@@ -387,7 +390,7 @@ impl Outlet {
                     match item {
                         Ok(Item::Held(held)) => return Next::Delivery(self.deliver(held)),
                         Ok(Item::Spilled { .. }) => self.phase = Phase::Disk,
-                        Ok(Item::Ended(peer)) => return Next::Ended(peer),
+                        Ok(Item::Ended(connection)) => return Next::Ended(connection),
                         Err(false) => return self.empty(),
                         Err(true) => return Next::Closed,
                     }
@@ -470,7 +473,7 @@ impl Outlet {
     pub fn must_drop(&self) -> bool {
         match &self.spooled {
             None => self.budget.must_drop(),
-            Some(s) => s.spool.space.wants_room(),
+            Some(s) => s.drop_oldest && s.spool.space.wants_room(),
         }
     }
 

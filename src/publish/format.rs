@@ -391,6 +391,7 @@ mod tests {
             tag: Span { start: 0, end: 3 },
             peer: "127.0.0.1:9".into(),
             peer_host: None,
+            connection: 0,
             events: vec![Routed {
                 time: EventTime {
                     secs: 1_700_000_000,
@@ -490,6 +491,7 @@ mod tests {
             tag: Span::of(0..tag.len()),
             peer: "127.0.0.1:9".into(),
             peer_host: None,
+            connection: 0,
             events,
         }
     }

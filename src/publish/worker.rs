@@ -87,7 +87,7 @@ impl Subscriptions {
 /// What the worker does next.
 enum Step {
     Publish(Delivery),
-    Ended(Arc<str>),
+    Ended(u64),
     /// Nothing came: look at the clock (split lines' deadlines).
     Idle,
     Stop,
@@ -106,8 +106,8 @@ impl Worker {
                 Some(d) => d,
                 None => match self.next(&mut naps) {
                     Step::Publish(d) => d,
-                    Step::Ended(peer) => {
-                        self.finish_lines(Some(&peer));
+                    Step::Ended(connection) => {
+                        self.finish_lines(Some(connection));
                         continue;
                     }
                     Step::Idle => {
@@ -175,7 +175,7 @@ impl Worker {
                     *naps = 0;
                     return Step::Publish(d);
                 }
-                Next::Ended(peer) => return Step::Ended(peer),
+                Next::Ended(connection) => return Step::Ended(connection),
                 Next::Closed => return Step::Stop,
                 Next::Empty if wait.is_none() => {
                     *naps += 1;
@@ -293,11 +293,11 @@ impl Worker {
     }
 
     /// Publishes the split lines of a connection that ended (or all, at the end).
-    fn finish_lines(&mut self, peer: Option<&str>) {
+    fn finish_lines(&mut self, connection: Option<u64>) {
         let Some((joiner, router)) = &mut self.joiner else {
             return;
         };
-        let lines = joiner.ended(peer, router);
+        let lines = joiner.ended(connection, router);
         self.publish_joined(lines);
     }
 

@@ -3,6 +3,8 @@
 
 use super::handoff::Handoff;
 use super::handshake::Security;
+use super::order::{tag_hash, Member, Order};
+use super::socket::{ClientSocket, ReadHook};
 use crate::batch::{build_batch, BatchLimits};
 use crate::buffer::spool::SpoolError;
 use crate::buffer::{BufferError, Intake, Receipt, Submission};
@@ -15,7 +17,7 @@ use crate::forward::{decode_request, Compression, Limits, RequestError, ScanErro
 use crate::metrics::Counters;
 use crate::publish::json::write_value;
 use crate::route::Router;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,6 +39,11 @@ pub struct Shared {
     pub dedup: Option<Dedup>,
     /// Split lines are joined (by the publisher): tell it when a connection ends.
     pub join_partial: bool,
+    /// Each client's requests in arrival order across its connections
+    /// (`input.keep_client_order`).
+    pub order: Option<Arc<Order>>,
+    /// Connections numbered so far.
+    pub connections: std::sync::atomic::AtomicU64,
     /// The handshake, when a shared key is configured.
     pub security: Option<Arc<Security>>,
     /// Source networks and connection limits.
@@ -116,20 +123,26 @@ const BUSY_READ: usize = 64 * 1024;
 /// The most room made at once for the declared rest of a large request.
 const RESERVE_AHEAD: usize = 1 << 20;
 
+/// Who a new connection is, and the places it holds.
+pub struct Origin {
+    /// Its place in its client's order (`input.keep_client_order`), taken at accept.
+    /// Dropped before the socket is closed, so no other connection asks the kernel
+    /// about a closed (or reused) descriptor.
+    pub member: Option<Member>,
+    /// Names the connection in logs.
+    pub peer: Arc<str>,
+    /// Names the client across its connections (its IP address, or the unix socket
+    /// path), for duplicate detection and ordering.
+    pub identity: Arc<str>,
+    /// Its place under the connection limits, given back at the end.
+    pub place: super::admission::Ticket,
+}
+
 /// Serves one connection until the client closes it, it sends bad input, or `cancel`
 /// fires (then requests already read are finished first). Logs the outcome.
-/// `peer` names the connection in logs; `identity` names the client across its
-/// connections (its IP address, or the unix socket path) for duplicate detection.
-/// `place` is the connection's place under the connection limits, given back at the end.
-pub async fn serve<S>(
-    stream: S,
-    peer: Arc<str>,
-    identity: Arc<str>,
-    place: super::admission::Ticket,
-    shared: Arc<Shared>,
-    cancel: CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Readiness + Unpin,
+pub async fn serve<S>(stream: S, origin: Origin, shared: Arc<Shared>, cancel: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + ClientSocket + Unpin,
 {
     shared
         .counters
@@ -139,8 +152,19 @@ pub async fn serve<S>(
         .counters
         .connections_active
         .fetch_add(1, Ordering::Relaxed);
+    let Origin {
+        member,
+        peer,
+        identity,
+        place,
+    } = origin;
     tracing::debug!(peer = %peer, "connection accepted");
     let mut conn = Connection {
+        number: shared.connections.fetch_add(1, Ordering::Relaxed) + 1,
+        member,
+        last_arrival: 0,
+        head_key: None,
+        region_key: 0,
         peer_host: None,
         stream,
         peer: peer.clone(),
@@ -153,7 +177,7 @@ pub async fn serve<S>(
     let result = conn.run(&cancel).await;
     if conn.shared.join_partial {
         // Split lines of this connection that wait for a piece get no more.
-        conn.shared.intake.connection_ended(peer.clone());
+        conn.shared.intake.connection_ended(conn.number);
     }
     match result {
         Ok(()) => tracing::debug!(peer = %peer, "connection closed"),
@@ -178,6 +202,18 @@ pub async fn serve<S>(
 }
 
 struct Connection<S> {
+    /// Its number in this run (see [`crate::event::RoutedEvents::connection`]).
+    number: u64,
+    /// Its place in its client's order. Declared before `stream`, so it is dropped
+    /// (and leaves its client's lists) before the socket is closed.
+    member: Option<Member>,
+    /// When the newest bytes of the last read arrived (ns since the epoch).
+    last_arrival: u64,
+    /// When the first byte of the oldest request in the buffer arrived (its key in its
+    /// client's order); `None` with an empty buffer.
+    head_key: Option<u64>,
+    /// The key of the requests being handled: their first one's.
+    region_key: u64,
     /// The client's host name, when `input.source_hostname_key` asks for it.
     peer_host: Option<Arc<str>>,
     stream: S,
@@ -198,7 +234,7 @@ enum Framing {
     Json(JsonScanner),
 }
 
-impl<S: AsyncRead + AsyncWrite + Readiness + Unpin> Connection<S> {
+impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
     /// Reads and handles requests until the client closes, bad input, or `cancel`.
     async fn run(&mut self, cancel: &CancellationToken) -> Result<(), ConnectionError> {
         if self.shared.resolve_hostname {
@@ -228,7 +264,13 @@ impl<S: AsyncRead + AsyncWrite + Readiness + Unpin> Connection<S> {
         let cancelled = cancel.cancelled();
         tokio::pin!(cancelled);
         loop {
-            if self.handle_buffered(one_request).await? && one_request {
+            let handled = self.handle_buffered(one_request).await?;
+            // Every complete request read so far is handed over (what is left in the
+            // buffer is a request still arriving).
+            if handled {
+                self.handed_over();
+            }
+            if handled && one_request {
                 // The HELO said keepalive: false; one request per connection.
                 return Ok(());
             }
@@ -253,8 +295,14 @@ impl<S: AsyncRead + AsyncWrite + Readiness + Unpin> Connection<S> {
                 Framing::Msgpack(scanner) => scanner.awaiting().saturating_sub(self.buf.len()),
                 _ => 0,
             };
-            let n = tokio::select! {
-                r = read_when_ready(&mut self.stream, &mut self.buf, needed) => r?,
+            let member = self.member.as_ref();
+            let read = read_when_ready(&mut self.stream, &mut self.buf, needed, member);
+            let (n, stamp) = tokio::select! {
+                r = read => r.inspect_err(|_| {
+                    if let Some(m) = &self.member {
+                        m.read_nothing();
+                    }
+                })?,
                 _ = &mut cancelled, if idle => return Ok(()),
                 _ = sleep_until_opt(limit.map(|l| l.0)) => {
                     return Err(match limit {
@@ -264,6 +312,19 @@ impl<S: AsyncRead + AsyncWrite + Readiness + Unpin> Connection<S> {
                 }
             };
             last_read = Instant::now();
+            if n > 0 {
+                self.last_arrival = stamp.unwrap_or_else(now_ns);
+                if self.buf.len() == n {
+                    // The first bytes of a new request.
+                    self.head_key = Some(self.last_arrival);
+                }
+            }
+            if let Some(m) = &self.member {
+                match n {
+                    0 => m.read_nothing(),
+                    _ => m.read(self.last_arrival, self.head()),
+                }
+            }
             if n == 0 {
                 return match self.buf.len() {
                     0 => Ok(()),
@@ -340,14 +401,18 @@ impl<S: AsyncRead + AsyncWrite + Readiness + Unpin> Connection<S> {
             // JSON requests are re-encoded one by one; they are rare and never small.
             // (Undecided framing means an empty buffer: `next_frame` finds nothing.)
             let mut any = false;
+            self.region_key = self.head_key.unwrap_or(self.last_arrival);
             while let Some(frame) = self.next_frame()? {
                 let len = frame.len();
                 self.region_alloc = len;
-                self.handle_region(frame, &[len], true).await?;
+                self.handle_region(frame, &[len], true, false).await?;
                 any = true;
                 if one_request {
                     break;
                 }
+            }
+            if any {
+                self.next_head();
             }
             return Ok(any);
         };
@@ -370,7 +435,9 @@ impl<S: AsyncRead + AsyncWrite + Readiness + Unpin> Connection<S> {
         if at > 0 {
             self.region_alloc = self.buf.capacity();
             let region = self.buf.split_to(at).freeze();
-            self.handle_region(region, &ends, false).await?;
+            self.region_key = self.head_key.unwrap_or(self.last_arrival);
+            self.next_head();
+            self.handle_region(region, &ends, false, true).await?;
         }
         // Requests before a malformed one are handled (and acked) before it closes the
         // connection.
@@ -379,27 +446,57 @@ impl<S: AsyncRead + AsyncWrite + Readiness + Unpin> Connection<S> {
     }
 
     /// Handles the requests of `region`, each ending at one of `ends`, then hands their
-    /// events to the publisher and writes their acks. A request that cannot be decoded
-    /// ends the connection after the ones before it are handed off.
+    /// events to the buffer and writes their acks. A request that cannot be decoded
+    /// ends the connection after the ones before it are handed off. `last`: no other
+    /// complete request was read (so others of this client may go once these are
+    /// handed over).
     async fn handle_region(
         &mut self,
         region: Bytes,
         ends: &[usize],
         json: bool,
+        last: bool,
     ) -> Result<(), ConnectionError> {
         let mut handoff = Handoff::new(self.shared.intake.keeps_frames());
         let mut at = 0;
         for &end in ends {
             if let Err(e) = self.handle(&region, at..end, json, &mut handoff).await {
-                self.hand_off(&mut handoff).await?;
+                self.hand_off(&mut handoff, true).await?;
                 return Err(e);
             }
             at = end;
             if handoff.is_full() {
-                self.hand_off(&mut handoff).await?;
+                self.hand_off(&mut handoff, false).await?;
             }
         }
-        self.hand_off(&mut handoff).await
+        self.hand_off(&mut handoff, last).await
+    }
+
+    /// The requests in the buffer are being handled: what is left began in the last
+    /// read (a request completed in it, and the next one follows).
+    fn next_head(&mut self) {
+        self.head_key = (!self.buf.is_empty()).then_some(self.last_arrival);
+    }
+
+    /// The oldest request not handed over: its key, and its tag's hash when enough of
+    /// it has arrived to read the tag (0 before).
+    fn head(&self) -> Option<(u64, u64)> {
+        let key = self.head_key?;
+        let mut c = Cursor::new(&self.buf);
+        let tag = match (&self.framing, c.array_len(), c.str()) {
+            (Framing::Json(_), _, _) => 0,
+            (_, Ok(_), Ok(tag)) => tag_hash(&self.buf[tag]),
+            _ => 0,
+        };
+        Some((key, tag))
+    }
+
+    /// Everything read before the head request is handed over: other connections of
+    /// this client need not wait for it.
+    fn handed_over(&self) {
+        if let Some(m) = &self.member {
+            m.handed_over(self.head());
+        }
     }
 
     /// Decodes and routes the request at `range` of `region` into `handoff`.
@@ -461,6 +558,7 @@ impl<S: AsyncRead + AsyncWrite + Readiness + Unpin> Connection<S> {
             }
             if let Some(mut batch) = batch {
                 batch.peer_host = self.peer_host.clone();
+                batch.connection = self.number;
                 if request.options.compressed == Compression::None {
                     // The batch's spans index the request's own bytes: it can join the
                     // batch of the requests before it.
@@ -480,16 +578,22 @@ impl<S: AsyncRead + AsyncWrite + Readiness + Unpin> Connection<S> {
     /// Hands the batches of `handoff` to the buffer, then writes the acks of their
     /// requests and remembers their chunk ids: a request is acked only once the buffer
     /// holds its events (on disk, when there is a spool).
-    async fn hand_off(&mut self, handoff: &mut Handoff) -> Result<(), ConnectionError> {
-        let received_ns = now_ns();
+    /// With `last`, nothing else read waits to be handed over after these.
+    async fn hand_off(&mut self, handoff: &mut Handoff, last: bool) -> Result<(), ConnectionError> {
         let mut receipts: Vec<Receipt> = Vec::new();
         for mut ready in handoff.take_batches() {
             // A held request must not keep the whole read buffer alive.
             ready.events.unpin(self.region_alloc);
+            if let Some(member) = &mut self.member {
+                let events = &ready.events;
+                member
+                    .turn(events.tag.get(&events.data), self.region_key)
+                    .await;
+            }
             let submission = Submission {
                 events: ready.events,
                 frames: ready.frames,
-                received_ns,
+                received_ns: self.region_key,
             };
             receipts.push(
                 self.shared
@@ -498,6 +602,11 @@ impl<S: AsyncRead + AsyncWrite + Readiness + Unpin> Connection<S> {
                     .await
                     .map_err(buffer_error)?,
             );
+        }
+        // Their place is taken: what is written meanwhile (the spool's sync) need not
+        // hold the client's other connections back.
+        if last {
+            self.handed_over();
         }
         for receipt in receipts {
             receipt.accepted().await.map_err(buffer_error)?;
@@ -534,17 +643,23 @@ fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// Reads into `buf` once the stream is readable. An empty `buf` gets its space only
-/// then, so a connection waiting for its next request holds no buffer. `needed`: bytes
-/// the request in progress is known to lack.
+/// Reads into `buf` once the stream is readable; the count, and when the bytes arrived
+/// where the kernel says. An empty `buf` gets its space only then, so a connection
+/// waiting for its next request holds no buffer. `needed`: bytes the request in
+/// progress is known to lack.
 async fn read_when_ready<S>(
     stream: &mut S,
     buf: &mut BytesMut,
     needed: usize,
-) -> std::io::Result<usize>
+    member: Option<&Member>,
+) -> std::io::Result<(usize, Option<u64>)>
 where
-    S: AsyncRead + Readiness + Unpin,
+    S: AsyncRead + ClientSocket + Unpin,
 {
+    let hook: &dyn ReadHook = match member {
+        Some(m) => m,
+        None => &(),
+    };
     if buf.is_empty() {
         stream.ready_to_read().await?;
         buf.reserve(IDLE_READ);
@@ -557,33 +672,9 @@ where
         // that declares a 16 MiB request and sends nothing more gets no such buffer.
         let room = (needed + IDLE_READ).min(RESERVE_AHEAD);
         buf.reserve(room);
-        return stream.read_buf(&mut (&mut *buf).limit(room)).await;
+        return stream.read_stamped(buf, room, hook).await;
     } else {
         buf.reserve(BUSY_READ);
     }
-    stream.read_buf(buf).await
-}
-
-/// Waits until a read will not block, without a buffer.
-pub trait Readiness {
-    fn ready_to_read(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
-}
-
-impl Readiness for tokio::net::TcpStream {
-    async fn ready_to_read(&self) -> std::io::Result<()> {
-        self.readable().await
-    }
-}
-
-impl Readiness for tokio::net::UnixStream {
-    async fn ready_to_read(&self) -> std::io::Result<()> {
-        self.readable().await
-    }
-}
-
-impl Readiness for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
-    /// TLS may hold decrypted bytes already read from the socket: read at once.
-    async fn ready_to_read(&self) -> std::io::Result<()> {
-        Ok(())
-    }
+    stream.read_stamped(buf, usize::MAX, hook).await
 }

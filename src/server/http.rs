@@ -21,7 +21,8 @@ pub struct Status {
     pub rate_limited: Arc<TenantCounts>,
     /// True while the listeners accept connections.
     pub listening: AtomicBool,
-    /// Readiness needs a connected ZeroMQ peer (the gateway only connects, never binds).
+    /// Readiness needs a connected ZeroMQ peer (the gateway only connects, never binds,
+    /// and has no spool to hold what waits for one).
     pub needs_peer: bool,
     /// The buffer: not ready while the spool is full or cannot be written.
     pub buffer: crate::buffer::Health,

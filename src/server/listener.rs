@@ -1,11 +1,12 @@
 //! Binding the configured TCP and unix listeners (and the UDP heartbeat sockets beside
 //! the TCP ones), and their accept loops.
 
-use super::connection::{serve, Shared};
+use super::connection::{serve, Origin, Shared};
 use super::{admission, heartbeat, ServerError};
 use crate::config::Config;
 use std::future::Future;
 use std::net::IpAddr;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -136,28 +137,27 @@ impl Listeners {
                 tracker.clone(),
                 shared.clone(),
                 cancel.clone(),
-                move |stream, peer, identity, place, shared: Arc<Shared>, cancel| {
+                move |stream, origin: Origin, shared: Arc<Shared>, cancel| {
                     // The TLS handshake runs in the connection's own task, so a slow
                     // client does not hold up the others.
                     let acceptor = acceptor.clone();
                     async move {
-                        let reason = match tokio::time::timeout(
-                            TLS_HANDSHAKE_TIMEOUT,
-                            acceptor.accept(stream),
-                        )
-                        .await
-                        {
-                            Ok(Ok(tls)) => {
-                                return serve(tls, peer, identity, place, shared, cancel).await
-                            }
-                            Ok(Err(e)) => format!("TLS handshake failed: {e}"),
-                            Err(_) => "TLS handshake timed out".to_owned(),
-                        };
+                        // Kept alive (with the socket) until the connection's place in
+                        // its client's order is given up: see `Origin`.
+                        let accept = acceptor.accept(stream).into_fallible();
+                        tokio::pin!(accept);
+                        let reason =
+                            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, &mut accept).await {
+                                Ok(Ok(tls)) => return serve(tls, origin, shared, cancel).await,
+                                Ok(Err((e, _))) => format!("TLS handshake failed: {e}"),
+                                Err(_) => "TLS handshake timed out".to_owned(),
+                            };
                         shared
                             .counters
                             .connections_rejected
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        tracing::warn!(peer = %peer, reason = %reason, "closing connection");
+                        tracing::warn!(peer = %origin.peer, reason = %reason, "closing connection");
+                        drop(origin);
                     }
                 },
             )));
@@ -200,7 +200,7 @@ struct Accepted<S> {
 
 /// A listener of client connections, as the accept loop needs it.
 trait Accept: Send + 'static {
-    type Stream: Send + 'static;
+    type Stream: AsRawFd + Send + 'static;
     fn accept(&self) -> impl Future<Output = std::io::Result<Accepted<Self::Stream>>> + Send;
 }
 
@@ -212,7 +212,7 @@ impl Accept for Tcp {
     async fn accept(&self) -> std::io::Result<Accepted<TcpStream>> {
         let (stream, addr) = self.0.accept().await?;
         // Acks are small and clients wait for them (Docker's lock-step mode): send them
-        // without Nagle's delay.
+        // without Nagle's delay. (Receive timestamps come from the listener.)
         let _ = stream.set_nodelay(true);
         Ok(Accepted {
             stream,
@@ -244,8 +244,10 @@ impl Accept for Unix {
 }
 
 /// Accepts until `cancel` fires. Each connection that is admitted under the connection
-/// limits runs as `start(stream, peer, identity, place, shared, cancel)` in `tracker`,
-/// holding its place until it ends.
+/// limits runs as `start(stream, origin, shared, cancel)` in `tracker`, holding its
+/// place until it ends. Its place in its client's order is taken here, as it is
+/// accepted, not when its task first runs: a connection accepted earlier may carry an
+/// earlier request, though its task runs later.
 async fn accept_loop<L, F, Fut>(
     listener: L,
     tracker: TaskTracker,
@@ -254,7 +256,7 @@ async fn accept_loop<L, F, Fut>(
     start: F,
 ) where
     L: Accept,
-    F: Fn(L::Stream, Arc<str>, Arc<str>, admission::Ticket, Arc<Shared>, CancellationToken) -> Fut,
+    F: Fn(L::Stream, Origin, Arc<Shared>, CancellationToken) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -267,16 +269,19 @@ async fn accept_loop<L, F, Fut>(
                 let Some(place) = admit(&shared, a.ip, &a.peer) else {
                     continue;
                 };
+                let member = shared
+                    .order
+                    .as_ref()
+                    .map(|order| order.join(&a.identity, a.stream.as_raw_fd()));
+                let origin = Origin {
+                    member,
+                    peer: a.peer,
+                    identity: a.identity,
+                    place,
+                };
                 // The connection's future holds its place: wrapping it in another
                 // future instead would store it twice (the task's largest cost).
-                tracker.spawn(start(
-                    a.stream,
-                    a.peer,
-                    a.identity,
-                    place,
-                    shared.clone(),
-                    cancel.clone(),
-                ));
+                tracker.spawn(start(a.stream, origin, shared.clone(), cancel.clone()));
             }
             Err(e) => accept_failed(&e).await,
         }
@@ -318,6 +323,14 @@ async fn bind_tcp(addr: &str) -> std::io::Result<TcpListener> {
             tokio::net::TcpSocket::new_v6()?
         };
         socket.set_reuseaddr(true)?;
+        // Connections accepted here inherit receive timestamps (the order of a client's
+        // requests across its connections). Set on the listener, they also keep the
+        // kernel stamping for as long as it listens: the kernel turns stamping on a
+        // little after the first socket asks, and off once none does, and packets in
+        // between come unstamped.
+        if let Err(e) = super::socket::enable_timestamps(socket.as_raw_fd()) {
+            tracing::warn!(address = %sa, error = %e, "no receive timestamps: a client's requests on several connections are ordered by when they are read");
+        }
         match socket.bind(sa).and_then(|()| socket.listen(BACKLOG)) {
             Ok(listener) => return Ok(listener),
             Err(e) => last = Some(e),

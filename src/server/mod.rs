@@ -8,7 +8,9 @@ mod handshake;
 mod heartbeat;
 mod http;
 mod listener;
+mod order;
 mod replay;
+mod socket;
 mod tls;
 
 use crate::batch::BatchLimits;
@@ -124,7 +126,9 @@ pub async fn run(
         tenants,
         rate_limited,
         listening: AtomicBool::new(false),
-        needs_peer: config.output.zmq_bind.is_empty(),
+        // With a spool, a collector that is away is what the spool is for: the gateway
+        // stays ready while the spool has room.
+        needs_peer: config.output.zmq_bind.is_empty() && config.spool.dir.is_empty(),
         buffer: health,
     });
     let metrics_listener = match config.metrics.listen.as_str() {
@@ -154,6 +158,11 @@ pub async fn run(
         counters: counters.clone(),
         dedup: Dedup::new(config.input.dedup_window, config.input.dedup_clients),
         join_partial: config.input.join_partial,
+        order: config
+            .input
+            .keep_client_order
+            .then(|| Arc::new(order::Order::default())),
+        connections: Default::default(),
         security: handshake::Security::from_config(&config).map(Arc::new),
         admission: Arc::new(admission::Admission::new(&config, counters.clone())),
         resolve_hostname: !config.input.source_hostname_key.is_empty(),

@@ -22,6 +22,8 @@ struct State {
     /// Reservations waiting for room, and the most bytes one of them needs.
     waiting: usize,
     needed: u64,
+    /// The size of the last reservation refused: the spool is full until it fits.
+    refused: u64,
 }
 
 impl Space {
@@ -46,6 +48,9 @@ impl Space {
         let fits = self.max == 0 || s.used + n <= self.max || s.used == 0;
         if fits {
             s.used += n;
+            s.refused = 0;
+        } else {
+            s.refused = n;
         }
         self.full.store(!fits, Ordering::Relaxed);
         fits
@@ -84,6 +89,9 @@ impl Space {
     pub fn release(&self, n: u64) {
         if let Ok(mut s) = self.state.lock() {
             s.used = s.used.saturating_sub(n);
+            if s.used + s.refused <= self.max || s.used == 0 {
+                self.full.store(false, Ordering::Relaxed);
+            }
         }
         self.freed.notify_waiters();
     }
@@ -124,6 +132,13 @@ mod tests {
         assert!(space.try_reserve(60));
         assert!(!space.try_reserve(60));
         assert!(space.is_full());
+        // Room for what was refused makes it not full, without another try.
+        space.release(10);
+        assert!(space.is_full());
+        space.release(10);
+        assert!(!space.is_full());
+        assert!(space.try_reserve(20));
+        assert!(!space.try_reserve(60));
         let waiting = tokio::spawn({
             let space = space.clone();
             async move { space.reserve(60).await }

@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 pub enum Append {
     Record(Box<Pending>),
     /// A client connection ended: passed on in order when the buffer is in memory.
-    Ended(Arc<str>),
+    Ended(u64),
 }
 
 /// One hand-off's requests, on their way to disk.
@@ -102,12 +102,12 @@ impl Writer {
                         bytes += p.len as usize;
                         group.push(*p);
                     }
-                    Append::Ended(peer) => {
+                    Append::Ended(connection) => {
                         // Keeps its place: the records before it go first.
                         self.write_group(std::mem::take(&mut group));
                         bytes = 0;
                         if self.spool.log().mode == Mode::Memory {
-                            self.memory.mark(Item::Ended(peer));
+                            self.memory.mark(Item::Ended(connection));
                         }
                     }
                 }
