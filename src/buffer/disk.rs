@@ -169,13 +169,7 @@ impl DiskReader {
                     }
                 }
                 Read::Damaged { start, end } => {
-                    let counters = &self.spool.counters;
-                    counters
-                        .spool_damaged_regions
-                        .fetch_add(1, Ordering::Relaxed);
-                    counters
-                        .spool_bytes_skipped
-                        .fetch_add(end - start, Ordering::Relaxed);
+                    self.count_skipped(end - start);
                     let (base, offset) = self.place(start);
                     tracing::warn!(
                         path = %segment_path(&self.spool.dir, base).display(),
@@ -203,14 +197,18 @@ impl DiskReader {
         (base, pos - base)
     }
 
-    fn unreadable(&self, base: u64, at: u64, limit: u64, e: &std::io::Error) {
+    fn count_skipped(&self, bytes: u64) {
         let counters = &self.spool.counters;
         counters
             .spool_damaged_regions
             .fetch_add(1, Ordering::Relaxed);
         counters
             .spool_bytes_skipped
-            .fetch_add(limit.saturating_sub(at), Ordering::Relaxed);
+            .fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn unreadable(&self, base: u64, at: u64, limit: u64, e: &std::io::Error) {
+        self.count_skipped(limit.saturating_sub(at));
         tracing::error!(
             path = %segment_path(&self.spool.dir, base).display(),
             offset = at - base,
@@ -222,6 +220,9 @@ impl DiskReader {
 
     /// Expands a record and hands its events over, each within the memory budget.
     fn hand_over(&self, record: &Record, start: u64, end: u64) -> Result<(), Stop> {
+        if self.spool.is_stopping() {
+            return Err(Stop::Done);
+        }
         let expanded = self.expand.expand(record);
         if expanded.is_empty() {
             return self.send(DiskItem::Skip { pos: end });

@@ -192,6 +192,14 @@ impl Intake {
 pub struct Health(Option<Arc<Spool>>);
 
 impl Health {
+    /// Shutdown: stops reading the spool back; what is left stays for the next start
+    /// (the publisher then finishes with what it has taken).
+    pub fn stop_reading(&self) {
+        if let Some(spool) = &self.0 {
+            spool.stop_reader();
+        }
+    }
+
     /// Why the gateway cannot take requests now, if it cannot.
     pub fn problem(&self) -> Option<&'static str> {
         let spool = self.0.as_ref()?;
@@ -376,41 +384,19 @@ impl Outlet {
         loop {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             match self.phase {
-                Phase::Memory => {
-                    let item = match left {
-                        None => self.memory_rx.try_recv().map_err(|e| match e {
-                            mpsc::TryRecvError::Empty => false,
-                            mpsc::TryRecvError::Disconnected => true,
-                        }),
-                        Some(left) => self.memory_rx.recv_timeout(left).map_err(|e| match e {
-                            mpsc::RecvTimeoutError::Timeout => false,
-                            mpsc::RecvTimeoutError::Disconnected => true,
-                        }),
-                    };
-                    match item {
-                        Ok(Item::Held(held)) => return Next::Delivery(self.deliver(held)),
-                        Ok(Item::Spilled { .. }) => self.phase = Phase::Disk,
-                        Ok(Item::Ended(connection)) => return Next::Ended(connection),
-                        Err(false) => return self.empty(),
-                        Err(true) => return Next::Closed,
-                    }
-                }
+                Phase::Memory => match receive(&self.memory_rx, left) {
+                    Ok(Item::Held(held)) => return Next::Delivery(self.deliver(held)),
+                    Ok(Item::Spilled { .. }) => self.phase = Phase::Disk,
+                    Ok(Item::Ended(connection)) => return Next::Ended(connection),
+                    Err(false) => return self.empty(),
+                    Err(true) => return Next::Closed,
+                },
                 Phase::Disk => {
                     let Some(s) = self.spooled.as_mut() else {
                         self.phase = Phase::Memory;
                         continue;
                     };
-                    let item = match left {
-                        None => s.disk_rx.try_recv().map_err(|e| match e {
-                            mpsc::TryRecvError::Empty => false,
-                            mpsc::TryRecvError::Disconnected => true,
-                        }),
-                        Some(left) => s.disk_rx.recv_timeout(left).map_err(|e| match e {
-                            mpsc::RecvTimeoutError::Timeout => false,
-                            mpsc::RecvTimeoutError::Disconnected => true,
-                        }),
-                    };
-                    match item {
+                    match receive(&s.disk_rx, left) {
                         Ok(DiskItem::Held(held)) => return Next::Delivery(self.deliver(held)),
                         Ok(DiskItem::Skip { pos }) => {
                             let id = s.ledger.register(pos);
@@ -555,6 +541,19 @@ impl Outlet {
         self.counters
             .buffer_head_received_ns
             .store(0, Ordering::Relaxed);
+    }
+}
+
+/// One item from `rx`, waiting up to `wait` (not at all with `None`); `Err(true)` when
+/// every sender is gone, `Err(false)` when nothing came.
+fn receive<T>(rx: &mpsc::Receiver<T>, wait: Option<Duration>) -> Result<T, bool> {
+    match wait {
+        None => rx
+            .try_recv()
+            .map_err(|e| matches!(e, mpsc::TryRecvError::Disconnected)),
+        Some(wait) => rx
+            .recv_timeout(wait)
+            .map_err(|e| matches!(e, mpsc::RecvTimeoutError::Disconnected)),
     }
 }
 

@@ -188,7 +188,7 @@ impl Worker {
 
     /// Waits until something subscribes, dropping the oldest held requests meanwhile
     /// if the policy is `drop_oldest` and intake waits for room. After intake has
-    /// closed (shutdown) it waits at most `linger`.
+    /// closed (shutdown) it waits at most `linger`, and not at all with a spool.
     fn wait_for_subscriber(&mut self, subs: &mut Subscriptions, delivery: Delivery) -> Waited {
         if !self.holding {
             self.holding = true;
@@ -211,7 +211,13 @@ impl Worker {
                 return Waited::Ready(delivery);
             }
             if self.outlet.intake_closed() {
-                let at = *give_up_at.get_or_insert_with(|| Instant::now() + self.linger);
+                // With a spool, what is held is safe where it is: no reason to wait.
+                let wait = if self.outlet.is_durable() {
+                    Duration::ZERO
+                } else {
+                    self.linger
+                };
+                let at = *give_up_at.get_or_insert_with(|| Instant::now() + wait);
                 if Instant::now() >= at {
                     return Waited::GaveUp(delivery);
                 }

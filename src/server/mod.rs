@@ -105,6 +105,7 @@ pub async fn run(
         (limits, router.clone())
     });
     let health = intake.health();
+    let replay = health.clone();
     let publisher = Publisher::start(
         &config.output,
         &config.route,
@@ -204,10 +205,20 @@ pub async fn run(
     if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
         tracing::warn!("connections still busy at the shutdown deadline; closing them");
     }
-    // The publisher may use the timeout twice: waiting for a subscriber to take what it
-    // holds, then lingering while the socket flushes to the subscribers.
+    // The publisher may use the timeout twice: publishing what it holds (or waiting for a
+    // subscriber to take it), then lingering while the socket flushes to the
+    // subscribers. What it is still reading back from the spool after the first stays
+    // there for the next start.
     let joined = tokio::task::spawn_blocking(move || publisher.join());
-    if tokio::time::timeout(2 * timeout, joined).await.is_err() {
+    tokio::pin!(joined);
+    let finished = tokio::select! {
+        _ = &mut joined => true,
+        _ = tokio::time::sleep(timeout) => {
+            replay.stop_reading();
+            tokio::time::timeout(timeout, &mut joined).await.is_ok()
+        }
+    };
+    if !finished {
         tracing::warn!("publisher still sending at the shutdown deadline");
     }
     if let Some(task) = http_task {

@@ -145,20 +145,6 @@ impl Order {
     /// Registers a new connection of the client `identity`, as a newcomer. `fd`: its
     /// socket (-1 when there is none to ask).
     pub fn join(self: &Arc<Self>, identity: &Arc<str>, fd: RawFd) -> Member {
-        let client = {
-            let mut clients = lock(&self.clients);
-            clients
-                .entry(identity.clone())
-                .or_insert_with(|| {
-                    Arc::new(Client {
-                        state: Mutex::new(ClientState::default()),
-                        newcomers: AtomicUsize::new(0),
-                        waiters: AtomicUsize::new(0),
-                        changed: Notify::new(),
-                    })
-                })
-                .clone()
-        };
         let view = Arc::new(View {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             fd,
@@ -169,12 +155,28 @@ impl Order {
             pending_tag: AtomicU64::new(0),
             newcomer: AtomicBool::new(true),
         });
-        {
+        // Under the table's lock, so that a client whose last connection is closing
+        // is not taken over half-removed (locks: the table, then the client).
+        let client = {
+            let mut clients = lock(&self.clients);
+            let client = clients
+                .entry(identity.clone())
+                .or_insert_with(|| {
+                    Arc::new(Client {
+                        state: Mutex::new(ClientState::default()),
+                        newcomers: AtomicUsize::new(0),
+                        waiters: AtomicUsize::new(0),
+                        changed: Notify::new(),
+                    })
+                })
+                .clone();
             let mut state = lock(&client.state);
             state.connections += 1;
             state.newcomers.push(view.clone());
             client.newcomers.fetch_add(1, Ordering::SeqCst);
-        }
+            drop(state);
+            client
+        };
         Member {
             order: self.clone(),
             identity: identity.clone(),
@@ -352,6 +354,8 @@ impl Drop for Member {
     fn drop(&mut self) {
         let id = self.view.id;
         {
+            // The same order of locks as `Order::join`: the table, then the client.
+            let mut clients = lock(&self.order.clients);
             let mut state = lock(&self.client.state);
             for (tag, domain) in self.domains.drain(..) {
                 let mut members = lock(&domain.members);
@@ -368,14 +372,7 @@ impl Drop for Member {
             }
             state.connections -= 1;
             if state.connections == 0 {
-                let mut clients = lock(&self.order.clients);
-                // Still ours and unused (a new connection may have taken it meanwhile).
-                if clients
-                    .get(&self.identity)
-                    .is_some_and(|c| Arc::ptr_eq(c, &self.client))
-                {
-                    clients.remove(&self.identity);
-                }
+                clients.remove(&self.identity);
             }
         }
         self.client.changed.notify_waiters();

@@ -10,7 +10,7 @@ use bytes::{BufMut, BytesMut};
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use tokio::io::{AsyncReadExt, Interest};
+use tokio::io::{AsyncRead, AsyncReadExt, Interest};
 
 /// Told around each read system call (see `order::Member`).
 pub trait ReadHook: Sync {
@@ -78,8 +78,7 @@ impl ClientSocket for tokio::net::UnixStream {
         limit: usize,
         _hook: &dyn ReadHook,
     ) -> io::Result<(usize, Option<u64>)> {
-        let n = self.read_buf(&mut (&mut *buf).limit(limit)).await?;
-        Ok((n, None))
+        read_unstamped(self, buf, limit).await
     }
 }
 
@@ -97,9 +96,18 @@ impl ClientSocket for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
         limit: usize,
         _hook: &dyn ReadHook,
     ) -> io::Result<(usize, Option<u64>)> {
-        let n = self.read_buf(&mut (&mut *buf).limit(limit)).await?;
-        Ok((n, None))
+        read_unstamped(self, buf, limit).await
     }
+}
+
+/// A plain read of at most `limit` bytes, with no arrival time.
+async fn read_unstamped<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    limit: usize,
+) -> io::Result<(usize, Option<u64>)> {
+    let n = stream.read_buf(&mut (&mut *buf).limit(limit)).await?;
+    Ok((n, None))
 }
 
 /// Asks the kernel to stamp what a TCP socket receives (`SO_TIMESTAMPNS`).

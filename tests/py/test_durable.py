@@ -21,6 +21,7 @@ import fwd
 import peers
 from fwd import ack, option
 from resend import ResendingClient
+from test_buffering import rss_kb
 from test_metrics import get, metric, wait_for
 
 T0 = 1700000000
@@ -96,14 +97,6 @@ def sigkill(gw):
     gw.proc.send_signal(signal.SIGKILL)
     gw.proc.wait(10)
     gw._reader.join(10)
-
-
-def rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 # ------------------------------------------------------------------ a full disk

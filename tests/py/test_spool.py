@@ -11,6 +11,7 @@ import time
 import zmq
 
 import fwd
+from conftest import run_fwdgate
 from fwd import ack, message, option
 
 T0 = 1700000000
@@ -158,3 +159,35 @@ def test_sigkill_in_the_middle_of_acked_traffic(start_gateway, tmp_path):
         receiver.stop.set()
         receiver.join(5)
         sub.close(0)
+
+
+def test_a_second_gateway_on_the_same_spool_refuses_to_start(start_gateway, tmp_path):
+    spool, config = spool_config(tmp_path)
+    start_gateway("--config", config, "--zmq-connect", free_endpoint(), zmq_bind=False)
+    second = run_fwdgate(["--config", config, "--listen", "127.0.0.1:0", "--zmq-connect", free_endpoint()])
+    assert second.returncode == 1, second
+    assert b"is in use by another fwdgate process" in second.stderr, second.stderr
+
+
+def test_sigterm_with_nobody_subscribed_keeps_the_spool_for_the_next_start(start_gateway, tmp_path):
+    """A graceful stop while the collector is away: the held lines stay in the spool (not
+    counted as dropped) and come out, once, after the next start."""
+    spool, config = spool_config(tmp_path)
+    gw = start_gateway("--config", config, "--zmq-connect", free_endpoint(), zmq_bind=False)
+    acked = []
+    with gw.connect() as c:
+        for i in range(200):
+            line = "kept %04d" % i
+            assert send_acked(c, line, "k%d" % i)
+            acked.append(line)
+    gw.stop()
+    stopped = gw.wait_log(lambda raw, obj: "fwdgate stopped" in raw, timeout=15)
+    assert stopped is not None and "dropped_no_subscriber=0" in stopped, stopped
+    assert gw.proc.returncode == 0
+    sub, endpoint = collector()
+    try:
+        start_gateway("--config", config, "--zmq-connect", endpoint, zmq_bind=False)
+        got = assert_all_arrive(sub, acked, "SIGTERM with nobody subscribed")
+    finally:
+        sub.close(0)
+    assert got == acked

@@ -100,6 +100,8 @@ pub struct Spool {
     pub counters: Arc<Counters>,
     /// True since a write failed, until one succeeds.
     failing: AtomicBool,
+    /// Set at shutdown, with `Log::stop`: checked by the reader between records.
+    stopping: AtomicBool,
     /// Held for the spool's lifetime: an exclusive lock on the directory.
     _lock: File,
 }
@@ -213,6 +215,7 @@ impl Spool {
             reader_wake: Condvar::new(),
             counters,
             failing: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             _lock: lock,
         };
         Ok(Opened {
@@ -276,8 +279,14 @@ impl Spool {
 
     /// Asks the reader to stop.
     pub fn stop_reader(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
         self.log().stop = true;
         self.reader_wake.notify_all();
+    }
+
+    /// True once the reader is asked to stop.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
     }
 }
 
