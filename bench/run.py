@@ -19,6 +19,16 @@ then the Docker-style lock-step ack case at several rates, each beside its floor
              writes each ack as soon as it reads the request (no decode, no queue, no
              publishing): what the kernel's loopback path alone costs and takes
 
+the disk spool (`[spool]`) beside the same cases without it:
+
+  spool-always / spool-interval
+             the gateway in seed format with a spool synced before every ack or every
+             second, full speed, and lock-step acks at 25k/s
+  replay     a spool filled to --replay-mb with nobody subscribed, SIGKILLed at several
+             sizes on the way: the start-up time (spawn to "fwdgate ready") at each size,
+             then the rate at which the last one is read back and published, and the
+             gateway's peak RSS meanwhile
+
 and (unless --quick) the many-connections cases.
 Every gateway is a fresh process on 127.0.0.1 with ephemeral ports; its CPU time is
 utime+stime from /proc/PID/stat (all threads) sampled before and after the case, its peak
@@ -54,7 +64,9 @@ CONNS = 64
 BATCH_FULL_SPEED = ["forward", "packed"]
 # Case names accepted by --cases.
 CASES = ["raw-zmq", "raw-zmq@rate", "drain", "null", "seed", "seed-nodrop", "batch",
-         "null@rate", "seed@rate", "batch@rate", "ack-ref", "ack", "hold", "churn"]
+         "null@rate", "seed@rate", "batch@rate", "ack-ref", "ack", "spool", "replay", "hold", "churn"]
+# Lock-step rate of the spool cases: where the gateway without a spool keeps p99 low.
+SPOOL_ACK_RATE = 25_000
 # Lock-step ack rates (events/s over 200 connections): the target's, and lower ones
 # that show where p99 stays within 1 ms, for the gateway and for the floor.
 ACK_RATES = [100_000, 75_000, 50_000, 25_000]
@@ -124,10 +136,11 @@ class Gateway:
                         "--format", fmt, "--log-format", "json", "--log-level", "info", *extra],
                        stdout=self.logf, stderr=subprocess.STDOUT)
         self.pid = self.p.pid
-        deadline = time.time() + 15
+        self.started = time.time()
+        deadline = self.started + 15
         self.ready = None
         while time.time() < deadline and self.ready is None:
-            time.sleep(0.05)
+            time.sleep(0.005)
             if self.p.poll() is not None:
                 raise RuntimeError("gateway exited: " + open(self.logpath).read())
             for line in open(self.logpath):
@@ -135,6 +148,8 @@ class Gateway:
                     self.ready = json.loads(line)["fields"]
         if self.ready is None:
             raise RuntimeError("gateway not ready in 15 s")
+        # From spawn to the "fwdgate ready" line (as polled, within 5 ms).
+        self.ready_s = time.time() - self.started
         self.tcp = self.ready["tcp"].split(",")[0]
         self.zmq = self.ready["zmq_bind"].split(",")[0]
 
@@ -146,6 +161,11 @@ class Gateway:
 
     def rss_mb(self):
         return status_kb(self.pid, "VmRSS") / 1024
+
+    def kill(self):
+        self.p.send_signal(signal.SIGKILL)
+        finish(self.p, 20)
+        self.logf.close()
 
     def stop(self):
         self.p.send_signal(signal.SIGTERM)
@@ -306,6 +326,71 @@ def case_gateway(mode, fmt, args, seconds, events=0, rate=0, tag=None, conns=Non
     return r
 
 
+def spool_config(name, fsync, extra=""):
+    """A fresh spool directory under the results and a config file using it."""
+    import shutil
+    d = os.path.join(RESULTS, f"spool-{name}")
+    shutil.rmtree(d, ignore_errors=True)
+    conf = os.path.join(RESULTS, f"spool-{name}.toml")
+    with open(conf, "w") as f:
+        f.write(f'[spool]\ndir = "{d}"\nfsync = "{fsync}"\n{extra}')
+    return conf, d
+
+
+def dir_bytes(d):
+    return sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d) if f.endswith(".seg"))
+
+
+def replay_case(args):
+    """Fills a spool with nobody subscribed (PackedForward, 64 connections), SIGKILLs the
+    gateway at each size on the way and restarts it (start-up time against size), then
+    publishes the last one to zmq-count: the replay rate and the peak RSS meanwhile."""
+    import shutil
+    conf, d = spool_config("replay", "always", "max_bytes = 0\n")
+    sizes = sorted({int(x) for x in args.replay_sizes.split(",")} | {args.replay_mb})
+    gw = Gateway("seed", ["--config", conf])
+    startup = [dict(spool_mb=0.0, ready_s=gw.ready_s)]
+    events = 0
+    fill = []
+    try:
+        per_event = None
+        for mb in sizes:
+            while dir_bytes(d) < mb << 20:
+                left = (mb << 20) - dir_bytes(d)
+                n = 640_000 if per_event is None else max(64_000, int(left / per_event))
+                n = -(-n // (CONNS * 1000)) * CONNS * 1000   # whole requests on every connection
+                load = run_tool(load_args("packed", gw.tcp, 600, n), 660)
+                if load["errors"]:
+                    raise RuntimeError(f"filling the spool: {load['error_samples']}")
+                events += load["events"]
+                fill.append(dict(events=load["events"], seconds=load["seconds"],
+                                 events_per_s=load["events_per_s"], mb_per_s=load["mb_per_s"]))
+                per_event = dir_bytes(d) / events
+            on_disk = dir_bytes(d) / 2**20
+            gw.kill()
+            gw = Gateway("seed", ["--config", conf])
+            startup.append(dict(spool_mb=on_disk, ready_s=gw.ready_s))
+            log(f"  spool {on_disk:,.0f} MB ({events:,} events): ready {gw.ready_s * 1000:.0f} ms after the start")
+        cpu0 = gw.cpu()
+        t0 = time.time()
+        sub = spawn([os.path.join(BIN, "zmq-count"), "--connect", gw.zmq, "--expected", str(events),
+                     "--idle", "10", "--max-seconds", "600"], stdout=subprocess.PIPE, text=True)
+        cnt = last_json(finish(sub, 660))
+        took = time.time() - t0
+        cpu = gw.cpu() - cpu0
+        hwm = gw.hwm_mb()
+        left = dir_bytes(d)
+    finally:
+        counters = gw.stop()
+        shutil.rmtree(d, ignore_errors=True)
+    return dict(events=events, spool_mb=startup[-1]["spool_mb"], startup=startup, fill=fill,
+                replay_seconds=took, replay_events_per_s=cnt["received"] / took,
+                replay_mb_per_s=startup[-1]["spool_mb"] / took, cpu_s=cpu,
+                cpu_per_m=per_million(cpu, cnt["received"]), peak_rss_mb=hwm,
+                received=cnt["received"], loss=events - cnt["received"],
+                spool_left_mb=left / 2**20, gateway=counters)
+
+
 def hold_case(args):
     """10,000 connections that each sent one line: gateway RSS before and after."""
     gw = Gateway("seed")
@@ -397,11 +482,15 @@ def table(results):
                 "raw-zmq@rate": "raw libzmq, paced (ref)", "ack": "lock-step acks, 200 conns, paced",
                 "ack-ref": "lock-step ack floor (ref), 200 conns, paced",
                 "seed-nodrop": "gateway seed, `slow_subscriber = \"block\"`",
-                "batch": "gateway batch + zmq-count", "batch@rate": "gateway batch, paced"}[r["case"]]
+                "batch": "gateway batch + zmq-count", "batch@rate": "gateway batch, paced",
+                "spool-always": "gateway seed, spool `fsync = \"always\"`",
+                "spool-interval": "gateway seed, spool `fsync = \"interval\"`",
+                "ack-spool-always": "lock-step acks, spool `fsync = \"always\"`",
+                "ack-spool-interval": "lock-step acks, spool `fsync = \"interval\"`"}[r["case"]]
         if r.get("rate"):
             name += f" {r['rate'] / 1000:,.0f}k/s"
         evs = r["events_per_s"]
-        if r["case"].startswith(("seed", "batch")) and r.get("delivered_per_s"):
+        if r["case"].startswith(("seed", "batch", "spool")) and r.get("delivered_per_s"):
             evs_s = f"{fmt_num(evs)} in, {fmt_num(r['delivered_per_s'])} out"
         else:
             evs_s = fmt_num(evs)
@@ -498,6 +587,9 @@ def failures(results):
     h = results.get("hold")
     if h and h.get("loss"):
         bad.append(f"hold: loss {h['loss']}")
+    r = results.get("replay")
+    if r and r.get("loss"):
+        bad.append(f"replay: loss {r['loss']:,} of {r['events']:,} events")
     ch = results.get("churn")
     if ch and ch.get("failed"):
         bad.append(f"churn: {ch['failed']} connections failed ({ch.get('first_error', '')})")
@@ -588,6 +680,20 @@ def plot(results, path):
     fig.suptitle(f"fwdgate end to end, {results['machine']['cpus']} CPUs, {results['date']}")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
+    r = results.get("replay")
+    if r:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        pts = r["startup"]
+        ax.plot([p["spool_mb"] for p in pts], [p["ready_s"] * 1000 for p in pts], "o-", color="#4c72b0",
+                label="spawn to \"fwdgate ready\" (listening)")
+        ax.set_xlabel("spool on disk at start (MB)")
+        ax.set_ylabel("start-up time (ms)")
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"Start-up against spool size; replay {r['replay_events_per_s'] / 1e6:.2f}M events/s, "
+                     f"peak RSS {r['peak_rss_mb']:.0f} MB", fontsize=10)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(os.path.dirname(path), "spool.png"), dpi=90)
 
 
 def main():
@@ -606,6 +712,10 @@ def main():
                     help="comma-separated cases to run (default all): " + ", ".join(CASES))
     ap.add_argument("--results", default=RESULTS,
                     help="directory for latest.json, plot.png and the gateways' logs")
+    ap.add_argument("--replay-mb", type=int, default=1024,
+                    help="size the replay case fills the spool to (MB)")
+    ap.add_argument("--replay-sizes", default="128,256,512",
+                    help="spool sizes (MB) on the way to --replay-mb at which start-up is timed")
     ap.add_argument("--check", action="store_true",
                     help="exit 1 when a case lost events or a tool reported errors (timings "
                          "are never checked: the test suite runs a short benchmark this way)")
@@ -685,6 +795,26 @@ def main():
         add("ack-ref", lambda: case_ackref(args, rate))
         add("ack", lambda: case_gateway("message", "seed", args, args.seconds + 1, 0, rate, "ack",
                                         extra=["--ack"], conns=ACK_CONNS))
+    if "spool" in wanted:
+        log("disk spool")
+        for fsync in ("always", "interval"):
+            for mode in [m for m in args.modes.split(",") if m in ("message", "packed")]:
+                conf, d = spool_config(f"{fsync}-{mode}", fsync)
+                fs = full_speed(mode, args)
+                add("spool", lambda: case_gateway(mode, "seed", args, fs["seconds"], fs["events"],
+                                                  tag=f"spool-{fsync}", gw_extra=["--config", conf]))
+            conf, d = spool_config(f"{fsync}-ack", fsync)
+            add("spool", lambda: case_gateway("message", "seed", args, args.seconds + 1, 0, SPOOL_ACK_RATE,
+                                              f"ack-spool-{fsync}", extra=["--ack"], conns=ACK_CONNS,
+                                              gw_extra=["--config", conf]))
+        import shutil
+        for name in os.listdir(RESULTS):
+            if name.startswith("spool-") and os.path.isdir(os.path.join(RESULTS, name)):
+                shutil.rmtree(os.path.join(RESULTS, name), ignore_errors=True)
+    if "replay" in wanted:
+        log("spool replay")
+        results["replay"] = replay_case(args)
+        log("  ", {k: v for k, v in results["replay"].items() if k not in ("gateway", "fill")})
     if not args.quick and os.path.exists(os.path.join(BIN, "fwd-conns")):
         log("many connections")
         if "hold" in wanted:
@@ -711,6 +841,13 @@ def main():
         h = results["hold"]
         print(f"\n{h['connections']:,} held connections (one line each): RSS {h['rss_before_mb']:.1f} → "
               f"{h['rss_held_mb']:.1f} MB (+{h['rss_delta_mb']:.1f} MB), {h['received']:,} lines delivered")
+    if results.get("replay"):
+        r = results["replay"]
+        print(f"\nspool replay: {r['events']:,} events ({r['spool_mb']:,.0f} MB on disk) read back and published in "
+              f"{r['replay_seconds']:.1f} s: {r['replay_events_per_s']:,.0f} events/s ({r['replay_mb_per_s']:,.0f} MB/s), "
+              f"CPU {fmt_num(r['cpu_per_m'], 3)} s/M, peak RSS {r['peak_rss_mb']:.0f} MB, loss {r['loss']:,}")
+        print("start-up (spawn to ready) against spool size: " + ", ".join(
+            f"{p['spool_mb']:,.0f} MB {p['ready_s'] * 1000:.0f} ms" for p in r["startup"]))
     if results.get("churn"):
         c = results["churn"]
         print(f"connection churn: {c['accepted_per_s']:,.0f} new connections/s accepted "
