@@ -361,10 +361,11 @@ class Subscriber:
 class Tail:
     """`fwdgate tail ...` as a subprocess; stdout lines are queued as bytes without "\\n"."""
 
-    def __init__(self, args, env=None):
+    def __init__(self, args, env=None, prefix=()):
+        """``prefix``: a command that runs tail, e.g. ``unshare --pid --fork``."""
         require_binary()
         self.errfile = tempfile.TemporaryFile()
-        self.argv = [FWDGATE_BIN, "tail", *args]
+        self.argv = [*prefix, FWDGATE_BIN, "tail", *args]
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=self.errfile, env=clean_env(env))
         self.q = queue.Queue()
