@@ -517,6 +517,19 @@ def pytest_sessionfinish(session, exitstatus):
         _CTX = None
 
 
+# -------------------------------------------------------------------- markers
+# `docker`: the test needs a Docker daemon (it uses one of the fixtures below); `release`:
+# it needs the release build or what is made from it (the .deb, the image, the README's
+# `cargo install`). `scripts/test-all.sh --quick` runs the tests that are neither.
+DOCKER_FIXTURES = {"dockerd", "busybox_image", "containers"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if DOCKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.docker)
+
+
 # -------------------------------------------------------------------- real peers (Docker)
 # Session-wide: the Docker daemon (used when it answers, else started by
 # scripts/start-dockerd.sh and stopped at the end) and the local busybox image.
