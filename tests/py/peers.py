@@ -317,6 +317,10 @@ def port_in_use(port: int, kind=socket.SOCK_STREAM) -> str | None:
     """None when ``port`` can be bound on 127.0.0.1 (and on all interfaces), else why not."""
     for host in ("127.0.0.1", "0.0.0.0"):
         s = socket.socket(socket.AF_INET, kind)
+        if kind == socket.SOCK_STREAM:
+            # as the gateway and libzmq bind: a listener on the port still makes bind
+            # fail, a connection of an earlier run in TIME_WAIT does not
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as e:
