@@ -34,11 +34,12 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 
-step "cargo test"
+step "cargo test, and the debug gateway that the integration tests run"
+# Built together with the tests, the binary gets the tests' feature set of the
+# dependencies and shares their build (a separate `cargo build --bin` compiles libzmq
+# and others again, about a minute).
+cargo build --locked --lib --bins --tests
 cargo test --locked
-
-step "building the gateway (debug) for the integration tests"
-cargo build --locked --bin fwdgate
 export FWDGATE_BIN="$PWD/target/debug/fwdgate"
 
 if $quick; then
