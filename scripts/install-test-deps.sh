@@ -13,9 +13,9 @@ cd "$(dirname "$0")/.."
 #   docker-compose   Compose v1, for the docker-compose.yml at the repository root
 #   openssl          makes the certificates of the TLS tests
 #   systemd          systemd-analyze, which checks the .deb's unit
-#   groff-base       renders the man page in its test
+#   groff-base, man-db  render and find the man page in its tests
 APT_PACKAGES=(docker.io busybox-static golang-go golang-github-fluent-fluent-logger-golang-dev docker-compose openssl
-              systemd groff-base)
+              systemd groff-base man-db)
 
 apt_install() { # only the packages named, none upgraded
   echo "installing with apt: $*"
