@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs and is not part of a fresh machine. Safe to re-run:
-# apt is skipped entirely when every package is already installed.
+# apt is skipped entirely when every package is already installed, and otherwise installs
+# only the missing ones, with --no-upgrade: what the machine has is never upgraded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,7 +12,17 @@ cd "$(dirname "$0")/.."
 #                    the Go client library that Docker itself uses, built offline
 #   docker-compose   Compose v1, for the docker-compose.yml at the repository root
 #   openssl          makes the certificates of the TLS tests
-APT_PACKAGES=(docker.io busybox-static golang-go golang-github-fluent-fluent-logger-golang-dev docker-compose openssl)
+#   systemd          systemd-analyze, which checks the .deb's unit
+#   groff-base, man-db  render and find the man page in its tests
+APT_PACKAGES=(docker.io busybox-static golang-go golang-github-fluent-fluent-logger-golang-dev docker-compose openssl
+              systemd groff-base man-db)
+
+apt_install() { # only the packages named, none upgraded
+  echo "installing with apt: $*"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-upgrade "$@"
+}
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -19,10 +30,9 @@ for p in "${APT_PACKAGES[@]}"; do
   [ "$status" = "install ok installed" ] || missing+=("$p")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
-  echo "installing with apt: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q
-  apt-get install -y -q "${APT_PACKAGES[@]}"
+  apt_install "${missing[@]}"
+else
+  echo "apt: every package is installed already (${APT_PACKAGES[*]})"
 fi
 
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
@@ -32,10 +42,7 @@ python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ig
 # modes), at the version pinned in tests/node/package-lock.json. Node.js and npm come
 # with the machine; Debian's packages stand in where they do not.
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-  echo "installing with apt: nodejs npm"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q
-  apt-get install -y -q nodejs npm
+  apt_install nodejs npm
 fi
 if [ ! -d tests/node/node_modules/fluent-logger ]; then
   npm ci --prefix tests/node --silent --no-audit --no-fund

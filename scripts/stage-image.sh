@@ -4,13 +4,14 @@
 # root file system. No registry is needed to build the image from it.
 #
 #   scripts/stage-image.sh [BINARY] [DEST]
-#   defaults: target/debug/fwdgate, target/docker-offline (what docker-compose.yml uses)
+#   defaults: target/release/fwdgate (after `cargo build --release`),
+#             target/docker-offline (what docker-compose.yml uses)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bin=${1:-target/debug/fwdgate}
+bin=${1:-target/release/fwdgate}
 dest=${2:-target/docker-offline}
-[ -x "$bin" ] || { echo "stage-image: no binary at $bin (run cargo build first)" >&2; exit 1; }
+[ -x "$bin" ] || { echo "stage-image: no binary at $bin (run cargo build --release first)" >&2; exit 1; }
 rm -rf "$dest"
 mkdir -p "$dest/rootfs/usr/local/bin"
 cp "$bin" "$dest/rootfs/usr/local/bin/fwdgate"

@@ -1,12 +1,31 @@
 #!/usr/bin/env bash
-# Runs every check and test of fwdgate on a fresh machine: installs what the tests need,
-# builds, lints, runs the Rust tests and the integration tests against real peers.
+# Runs every check and test of fwdgate on a fresh machine: installs what the tests need
+# (only what is missing), builds, lints, runs the Rust tests, builds the release binary,
+# the .deb and the image, and runs the integration tests against real peers.
+#
+#   scripts/test-all.sh                 everything (what CI runs, through .ci/run)
+#   scripts/test-all.sh --quick         the day-to-day lane: fmt, clippy, unit tests and the
+#                                       integration tests that need neither Docker nor the
+#                                       release build
+#   scripts/test-all.sh [--quick] -k NAME   extra arguments go to pytest
+#
+# Each step is announced with the time of day and the minutes since the start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+quick=false
+if [ "${1:-}" = "--quick" ]; then
+  quick=true
+  shift
+fi
 
-step "installing test dependencies"
+started=$SECONDS
+step() {
+  local t=$((SECONDS - started))
+  printf '\n==> [%s +%dm%02ds] %s\n' "$(date +%H:%M:%S)" $((t / 60)) $((t % 60)) "$*"
+}
+
+step "installing the test dependencies that are missing"
 scripts/install-test-deps.sh
 
 step "cargo fmt --check"
@@ -15,22 +34,37 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 
-step "cargo test"
+step "cargo test, and the debug gateway that the integration tests run"
+# Built together with the tests, the binary gets the tests' feature set of the
+# dependencies and shares their build (a separate `cargo build --bin` compiles libzmq
+# and others again, about a minute).
+cargo build --locked --lib --bins --tests
 cargo test --locked
+export FWDGATE_BIN="$PWD/target/debug/fwdgate"
+
+if $quick; then
+  step "integration tests without Docker or the release build (pytest -m 'not docker and not release')"
+  python3 -m pytest -q tests/py -m "not docker and not release" "$@"
+  step "quick lane passed"
+  exit 0
+fi
 
 step "fuzz smoke: every cargo-fuzz target for ${FUZZ_SECONDS:-10} s"
 scripts/fuzz-smoke.sh
 
-step "building the gateway for the integration tests"
-cargo build --locked --bin fwdgate
-export FWDGATE_BIN="$PWD/target/debug/fwdgate"
+step "release build and Debian package (scripts/build-deb.sh)"
+deb=$(scripts/build-deb.sh | tail -n 1)
+export FWDGATE_RELEASE_BIN="$PWD/target/release/fwdgate"
+export FWDGATE_DEB="$PWD/$deb"
+echo "package: $FWDGATE_DEB; $("$FWDGATE_RELEASE_BIN" --version)"
 
 step "benchmark tools (bench/): fmt, clippy, build"
 (cd bench && cargo fmt -- --check && cargo clippy --release --locked -- -D warnings \
     && cargo build --release --locked)
 
-step "a short run of the shipped benchmark: every event counted, no timing judged"
-python3 bench/run.py --quick --modes message,packed --cases drain,null,seed,ack-ref,ack \
+step "a short run of the shipped benchmark on the release binary: every event counted, no timing judged"
+env -u FWDGATE_BIN python3 bench/run.py --quick --modes message,packed \
+    --cases drain,null,seed,ack-ref,ack,spool,replay --replay-mb 32 --replay-sizes 16 \
     --seconds 1 --results target/bench-smoke --check
 
 step "Docker daemon for the real-peer tests (started here only if none is running)"
@@ -38,5 +72,6 @@ export FWDGATE_DOCKERD_PIDFILE="$PWD/target/fwdgate-dockerd.pid"
 trap 'scripts/stop-dockerd.sh' EXIT
 scripts/start-dockerd.sh
 
-step "integration tests (pytest: Docker, swarm, compose, Go and Python clients, pyzmq subscribers)"
+step "integration tests (pytest: Docker, swarm, compose, the .deb, the image, the README's quick start, Go, Python and Node clients, pyzmq subscribers)"
 python3 -m pytest -q tests/py "$@"
+step "all passed"

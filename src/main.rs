@@ -1,53 +1,71 @@
 //! The fwdgate binary: parse the command line, load the configuration, run, exit.
 
 use anyhow::Context;
-use clap::Parser;
-use fwdgate::cli::{Cli, Command};
+use clap::CommandFactory;
+use fwdgate::cli::{error_chain, Cli, Command, ParseOutcome, TailArgs};
 use fwdgate::config::{Config, LogFormat};
 use fwdgate::logfile::LogFile;
+use fwdgate::tail::Stopped;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
+/// Exit status of every failure: a bad flag, variable or file, a port already taken, a
+/// runtime error. 0 is success, and help or version printed.
+const FAILURE: u8 = 1;
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    let cli = match fwdgate::cli::parse(std::env::args_os()) {
+        ParseOutcome::Parsed(cli) => cli,
+        ParseOutcome::Clap(e) => {
+            // help and --version go to stdout and are no failure
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(FAILURE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+        ParseOutcome::BadVariable(message) => {
+            eprintln!("fwdgate: error: {message}");
+            return ExitCode::from(FAILURE);
+        }
+    };
+    match run(*cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("fwdgate: error: {e:#}");
-            ExitCode::FAILURE
+            eprintln!("fwdgate: error: {}", error_chain(e.as_ref()));
+            ExitCode::from(FAILURE)
         }
     }
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command.unwrap_or(Command::Run) {
-        Command::CheckConfig => {
-            let config = cli.gateway.load()?;
+    match &cli.command {
+        Some(Command::CheckConfig(args)) => {
+            let config = args.load()?;
             print!("{}", config.to_toml());
             Ok(())
         }
-        Command::Tail(args) => {
-            // The gateway's file, when given, tells the topic suffix (unless the flag
-            // does) and the keys that find each `batch` record's container id and line.
-            let file = match &cli.gateway.config {
-                Some(path) => Config::from_file(path)?,
-                None => Config::default(),
-            };
-            let suffix = cli
-                .gateway
-                .topic_suffix
-                .clone()
-                .unwrap_or(file.output.topic_suffix);
-            let filter = fwdgate::tail::Filter {
-                tenant: &args.tenant,
-                service: args.service.as_deref(),
-                topic_suffix: &suffix,
-            };
-            let stdout = &mut std::io::stdout().lock();
-            fwdgate::tail::tail(&args.connect, &filter, &file.route, stdout)?;
+        Some(Command::Tail(args)) => tail(args),
+        Some(Command::Completions { shell }) => {
+            let out = &mut std::io::stdout().lock();
+            clap_complete::generate(*shell, &mut Cli::command(), "fwdgate", out);
+            Ok(out.flush()?)
+        }
+        Some(Command::Man { out_dir: None }) => {
+            let out = &mut std::io::stdout().lock();
+            clap_mangen::Man::new(Cli::command()).render(out)?;
+            Ok(out.flush()?)
+        }
+        Some(Command::Man { out_dir: Some(dir) }) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), dir)
+                .with_context(|| format!("cannot write the man pages to {}", dir.display()))?;
             Ok(())
         }
-        Command::Run => {
-            let config = cli.gateway.load()?;
+        Some(Command::Run(_)) | None => {
+            let config = cli.gateway_args().load()?;
             let log_file = init_logging(&config)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -66,13 +84,57 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// `fwdgate tail`: prints until SIGTERM or SIGINT (then exits 0), or until its reader
+/// goes away.
+fn tail(args: &TailArgs) -> anyhow::Result<()> {
+    // The gateway's file, when given, tells the topic suffix (unless the flag does) and
+    // the keys that find each `batch` record's container id and line.
+    let file = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    let suffix = args
+        .topic_suffix
+        .clone()
+        .unwrap_or(file.output.topic_suffix);
+    let filter = fwdgate::tail::Filter {
+        tenant: &args.tenant,
+        service: args.service.as_deref(),
+        topic_suffix: &suffix,
+    };
+    // Handlers, not the default action: as PID 1 of a container a signal without a
+    // handler is ignored, and `docker stop` would wait and then kill.
+    let (stop, stop_writer) =
+        std::os::unix::net::UnixStream::pair().context("cannot make the signal pipe")?;
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        let writer = stop_writer
+            .try_clone()
+            .context("cannot make the signal pipe")?;
+        signal_hook::low_level::pipe::register(signal, writer)
+            .with_context(|| format!("cannot install the handler of signal {signal}"))?;
+    }
+    let stdout = &mut std::io::stdout().lock();
+    match fwdgate::tail::tail(&args.connect, &filter, &file.route, &stop, stdout)? {
+        Stopped::OnRequest | Stopped::OutputClosed => Ok(()),
+    }
+}
+
+/// Colour in the log only for a person at a terminal, and never with NO_COLOR set
+/// (https://no-color.org: present and not empty).
+fn log_in_colour() -> bool {
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    !no_color && std::io::stderr().is_terminal()
+}
+
 /// Installs the log subscriber; returns the log file when logging to one.
 fn init_logging(config: &Config) -> anyhow::Result<Option<LogFile>> {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .with_context(|| format!("invalid log level {:?}", config.log.level))?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if config.log.file.is_empty() {
-        let builder = builder.with_writer(std::io::stderr);
+        let builder = builder
+            .with_writer(std::io::stderr)
+            .with_ansi(log_in_colour());
         match config.log.format {
             LogFormat::Text => builder.init(),
             LogFormat::Json => builder.json().init(),

@@ -14,19 +14,30 @@ use crate::publish::format::seed_line;
 use crate::route::Router;
 use std::io::Write;
 use std::ops::Range;
+use std::os::fd::AsRawFd;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum TailError {
-    #[error("ZeroMQ error on {endpoint}: {source}")]
+    #[error("ZeroMQ error on {endpoint}")]
     Zmq {
         endpoint: String,
         source: zmq::Error,
     },
-    #[error("cannot write to stdout: {0}")]
+    #[error("cannot write to stdout")]
     Output(#[from] std::io::Error),
-    #[error("invalid route configuration: {0}")]
+    #[error("invalid route configuration")]
     Route(#[from] regex::Error),
+}
+
+/// Why [`tail`] returned without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// The stop descriptor became readable (a signal arrived).
+    OnRequest,
+    /// Whoever reads the output went away (`fwdgate tail | head`): the Unix way is to
+    /// end quietly, as a process killed by SIGPIPE would.
+    OutputClosed,
 }
 
 /// What to print.
@@ -109,13 +120,15 @@ fn forward_events(body: &[u8]) -> Option<(Range<usize>, Vec<Event>)> {
 }
 
 /// Subscribes at every endpoint and prints each matching message (see [`Printer`]),
-/// until an error.
+/// until `stop` becomes readable (the binary writes to it from its SIGTERM and SIGINT
+/// handlers), the output is closed, or an error.
 pub fn tail(
     endpoints: &[String],
     filter: &Filter<'_>,
     route: &RouteConfig,
+    stop: &impl AsRawFd,
     out: &mut impl Write,
-) -> Result<(), TailError> {
+) -> Result<Stopped, TailError> {
     let mut printer = Printer::new(route)?;
     let ctx = zmq::Context::new();
     let zmq_err = |endpoint: &str| {
@@ -124,6 +137,8 @@ pub fn tail(
     };
     let socket = ctx.socket(zmq::SUB).map_err(zmq_err("socket"))?;
     socket.set_rcvhwm(0).map_err(zmq_err("socket"))?;
+    // Nothing waits for unsent subscriptions when tail ends.
+    socket.set_linger(0).map_err(zmq_err("socket"))?;
     socket
         .set_subscribe(&filter.topic())
         .map_err(zmq_err("socket"))?;
@@ -131,10 +146,38 @@ pub fn tail(
         socket.connect(endpoint).map_err(zmq_err(endpoint))?;
     }
     loop {
-        let frames = socket.recv_multipart(0).map_err(zmq_err("socket"))?;
+        // One wait for both, so a signal ends tail at once rather than at the next line.
+        let mut items = [
+            socket.as_poll_item(zmq::POLLIN),
+            zmq::PollItem::from_fd(stop.as_raw_fd(), zmq::POLLIN),
+        ];
+        match zmq::poll(&mut items, -1) {
+            Ok(_) => {}
+            Err(zmq::Error::EINTR) => continue,
+            Err(e) => return Err(zmq_err("socket")(e)),
+        }
+        if items[1].is_readable() {
+            return Ok(Stopped::OnRequest);
+        }
+        if !items[0].is_readable() {
+            continue;
+        }
+        let frames = match socket.recv_multipart(zmq::DONTWAIT) {
+            Ok(frames) => frames,
+            Err(zmq::Error::EAGAIN | zmq::Error::EINTR) => continue,
+            Err(e) => return Err(zmq_err("socket")(e)),
+        };
         if filter.matches(&frames) {
-            printer.write_body(&frames[frames.len() - 1], out)?;
-            out.flush()?;
+            let written = printer
+                .write_body(&frames[frames.len() - 1], out)
+                .and_then(|()| out.flush());
+            match written {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    return Ok(Stopped::OutputClosed)
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     }
 }

@@ -361,10 +361,11 @@ class Subscriber:
 class Tail:
     """`fwdgate tail ...` as a subprocess; stdout lines are queued as bytes without "\\n"."""
 
-    def __init__(self, args, env=None):
+    def __init__(self, args, env=None, prefix=()):
+        """``prefix``: a command that runs tail, e.g. ``unshare --pid --fork``."""
         require_binary()
         self.errfile = tempfile.TemporaryFile()
-        self.argv = [FWDGATE_BIN, "tail", *args]
+        self.argv = [*prefix, FWDGATE_BIN, "tail", *args]
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=self.errfile, env=clean_env(env))
         self.q = queue.Queue()
@@ -514,6 +515,19 @@ def pytest_sessionfinish(session, exitstatus):
     if _CTX is not None:
         _CTX.term()
         _CTX = None
+
+
+# -------------------------------------------------------------------- markers
+# `docker`: the test needs a Docker daemon (it uses one of the fixtures below); `release`:
+# it needs the release build or what is made from it (the .deb, the image, the README's
+# `cargo install`). `scripts/test-all.sh --quick` runs the tests that are neither.
+DOCKER_FIXTURES = {"dockerd", "busybox_image", "containers"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if DOCKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.docker)
 
 
 # -------------------------------------------------------------------- real peers (Docker)

@@ -121,21 +121,13 @@ class Dockerd:
 
 
 def ensure_busybox_image():
-    """local/busybox:latest from the host's static busybox, built as the PEERS notes show,
-    unless it exists already."""
+    """local/busybox:latest from the host's static busybox, made by the shipped
+    scripts/make-busybox-image.sh (the README's quick start uses it too), unless it
+    exists already."""
     if docker("image", "inspect", BUSYBOX_IMAGE, check=False).returncode == 0:
         return
-    if not os.access("/bin/busybox", os.X_OK):
-        fail("peer busybox: /bin/busybox missing (scripts/install-test-deps.sh installs busybox-static)")
-    script = r"""
-set -e
-root=$(mktemp -d); trap 'rm -rf "$root"' EXIT
-mkdir -p $root/bin; cp /bin/busybox $root/bin/
-for c in sh echo cat seq sleep yes head printf; do ln -s busybox $root/bin/$c; done
-tar -C $root -c . | "$DOCKER" import - %s
-""" % BUSYBOX_IMAGE
-    run_cmd(["bash", "-c", script], "Docker (import of local/busybox)", timeout=120,
-            env=dict(os.environ, DOCKER=docker_bin()))
+    run_cmd([str(SCRIPTS / "make-busybox-image.sh"), BUSYBOX_IMAGE], "Docker (import of local/busybox)",
+            timeout=120, env=dict(os.environ, DOCKER=docker_bin()))
 
 
 # ------------------------------------------------------------------ containers
@@ -325,6 +317,10 @@ def port_in_use(port: int, kind=socket.SOCK_STREAM) -> str | None:
     """None when ``port`` can be bound on 127.0.0.1 (and on all interfaces), else why not."""
     for host in ("127.0.0.1", "0.0.0.0"):
         s = socket.socket(socket.AF_INET, kind)
+        if kind == socket.SOCK_STREAM:
+            # as the gateway and libzmq bind: a listener on the port still makes bind
+            # fail, a connection of an earlier run in TIME_WAIT does not
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as e:

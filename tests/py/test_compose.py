@@ -1,9 +1,12 @@
 """docker-compose.yml at the repository root, for real, with Debian's docker-compose (v1):
-the gateway image is built offline from docker/Dockerfile.offline with the locally
-compiled binary (staged with its shared libraries in target/docker-offline, exactly as the
+the gateway image is built offline from docker/Dockerfile.offline with the release
+binary (staged with its shared libraries in target/docker-offline, exactly as the
 compose file's header says), a demo container (local/busybox) logs through the fluentd
-driver, and a `fwdgate tail` container prints the demo's lines. Everything is torn down
-(`down -v --rmi local`) afterwards, pass or fail.
+driver, and a `fwdgate tail` container prints the demo's lines. `fwdgate tail` is PID 1
+of its container: `docker-compose stop` must end it with SIGTERM at once, exit 0.
+Everything is torn down (`down -v --rmi local`) afterwards, pass or fail.
+
+The release binary: $FWDGATE_RELEASE_BIN, else target/release/fwdgate.
 """
 
 from __future__ import annotations
@@ -12,11 +15,11 @@ import os
 import re
 import shutil
 import socket
+import time
 import uuid
 
 import pytest
 
-import conftest
 import peers
 from peers import fail, run_cmd
 
@@ -26,8 +29,11 @@ STAGE_DIR = peers.REPO_ROOT / "target" / "docker-offline"
 PORTS = [(24224, socket.SOCK_STREAM), (24224, socket.SOCK_DGRAM), (6362, socket.SOCK_STREAM)]
 
 STAGE_SCRIPT = peers.REPO_ROOT / "scripts" / "stage-image.sh"
+RELEASE_BIN = os.environ.get("FWDGATE_RELEASE_BIN", str(peers.REPO_ROOT / "target" / "release" / "fwdgate"))
+# `docker-compose stop` sends SIGTERM and waits this long before SIGKILL
+STOP_TIMEOUT = 10
 
-pytestmark = pytest.mark.usefixtures("busybox_image")
+pytestmark = [pytest.mark.usefixtures("busybox_image"), pytest.mark.release]
 
 
 def test_compose_demo_to_tail(dockerd):
@@ -39,8 +45,9 @@ def test_compose_demo_to_tail(dockerd):
         if why:
             fail("peer %s: docker-compose.yml uses the fixed port %d, which is taken (%s); free it and re-run"
                  % (PEER, port, why))
-    conftest.require_binary()
-    run_cmd([str(STAGE_SCRIPT), conftest.FWDGATE_BIN, str(STAGE_DIR)], "staging the image context")
+    if not os.access(RELEASE_BIN, os.X_OK):
+        fail("no release binary at %s (cargo build --release, or set FWDGATE_RELEASE_BIN)" % RELEASE_BIN)
+    run_cmd([str(STAGE_SCRIPT), RELEASE_BIN, str(STAGE_DIR)], "staging the image context")
     project = "fwdgatetest%s%s" % (peers.RUN_ID, uuid.uuid4().hex[:6])
     base = [compose, "--ansi", "never", "-p", project, "-f", str(COMPOSE_FILE)]
     env = dict(os.environ, COMPOSE_INTERACTIVE_NO_CLI="1")
@@ -69,6 +76,14 @@ def test_compose_demo_to_tail(dockerd):
         out = peers.docker("logs", gateway)
         ready = (out.stdout + out.stderr).decode("utf-8", "replace")
         assert "fwdgate ready" in ready and "127.0.0.1:24224" in ready and "tcp://127.0.0.1:6362" in ready, ready
+        # tail, PID 1 of its container, stops on SIGTERM, not on the SIGKILL after the timeout
+        start = time.monotonic()
+        run_cmd(base + ["stop", "--timeout", str(STOP_TIMEOUT), "tail"], PEER + " stop tail",
+                timeout=STOP_TIMEOUT + 30, env=env)
+        took = time.monotonic() - start
+        state = peers.docker_out("inspect", "--format", "{{.State.ExitCode}} {{.State.OOMKilled}}", tail)
+        assert state == "0 false", "tail container after stop: %s (took %.1f s)" % (state, took)
+        assert took < STOP_TIMEOUT / 2, "stopping tail took %.1f s" % took
     finally:
         if logs is not None:
             logs.stop()

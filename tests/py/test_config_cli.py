@@ -211,3 +211,98 @@ def test_nul_topic_suffix_from_toml(start_gateway, subscribe, tmp_path):
                + message("app", T0, fwd.rec("t1 line", tenant="t1")))
     assert sub.recv_n(1) == [[b"t1\x00", b"default", b"app: t1 line"]]
     assert sub.sync(gw) == []
+
+
+# ------------------------------------------------------------------ one message, naming its source
+# Every bad configuration exits 1 with one line on stderr that names where the value came
+# from: the flag, the environment variable, or the file and line.
+
+
+def fails_with(p, stderr):
+    err = p.stderr.decode(errors="replace")
+    assert (p.returncode, err) == (1, stderr), "exit %r, stderr:\n%s" % (p.returncode, err)
+    assert p.stdout == b""
+
+
+def test_missing_config_file_is_reported_once(tmp_path):
+    path = str(tmp_path / "does-not-exist.toml")
+    fails_with(run_fwdgate(["check-config", "--config", path], cwd=tmp_path),
+               "fwdgate: error: cannot read config file %s: No such file or directory (os error 2)\n" % path)
+
+
+def test_bad_variable_is_named_not_its_flag(tmp_path):
+    fails_with(run_fwdgate(["check-config"], env={"FWDGATE_FORMAT": "xml"}, cwd=tmp_path),
+               'fwdgate: error: environment variable FWDGATE_FORMAT: invalid value "xml" '
+               "(possible values: seed, json, batch, null)\n")
+    fails_with(run_fwdgate([], env={"FWDGATE_LOG_FORMAT": "xml"}, cwd=tmp_path),
+               'fwdgate: error: environment variable FWDGATE_LOG_FORMAT: invalid value "xml" '
+               "(possible values: text, json)\n")
+
+
+def test_bad_flag_value_exits_1_naming_the_flag(tmp_path):
+    p = run_fwdgate(["check-config", "--format", "xml"], env={"FWDGATE_FORMAT": "json"}, cwd=tmp_path)
+    assert p.returncode == 1
+    assert p.stderr.decode().startswith("error: invalid value 'xml' for '--format <FORMAT>'\n"), p.stderr
+
+
+def test_unknown_flag_exits_1(tmp_path):
+    p = run_fwdgate(["--lisen", "127.0.0.1:0"], cwd=tmp_path)
+    assert p.returncode == 1
+    assert "unexpected argument '--lisen'" in p.stderr.decode()
+
+
+def test_help_and_version_exit_0(tmp_path):
+    for args in (["--help"], ["tail", "--help"], ["--version"]):
+        p = run_fwdgate(args, cwd=tmp_path)
+        assert (p.returncode, p.stderr) == (0, b""), (args, p.returncode, p.stderr)
+        assert p.stdout
+
+
+INVALID_LISTEN = 'invalid configuration: input.listen: "nope" is not a host:port address\n'
+
+
+def test_semantic_errors_name_the_flag_or_variable(tmp_path):
+    fails_with(run_fwdgate(["check-config", "--listen", "nope"], cwd=tmp_path),
+               "fwdgate: error: flag --listen: " + INVALID_LISTEN)
+    fails_with(run_fwdgate(["--listen", "nope"], cwd=tmp_path),
+               "fwdgate: error: flag --listen: " + INVALID_LISTEN)
+    fails_with(run_fwdgate(["check-config"], env={"FWDGATE_LISTEN": "127.0.0.1:1,nope"}, cwd=tmp_path),
+               'fwdgate: error: environment variable FWDGATE_LISTEN: invalid configuration: input.listen: '
+               '"nope" is not a host:port address\n')
+    fails_with(run_fwdgate(["check-config", "--tag-regex", "(?P<x>a)"], cwd=tmp_path),
+               "fwdgate: error: flag --tag-regex: invalid configuration: "
+               "route.tag_regex needs a named group `tenant` or `service`\n")
+
+
+def test_semantic_errors_in_the_file_name_its_line(tmp_path):
+    path = write_config(tmp_path, '[output]\nformat = "json"\n\n[input]\nmax_depth = 128\nlisten = ["nope"]\n')
+    fails_with(run_fwdgate(["check-config", "--config", path], cwd=tmp_path),
+               "fwdgate: error: %s line 6: %s" % (path, INVALID_LISTEN))
+    # the flag replaces the file's bad list: no error
+    check_config("--config", path, "--listen", "127.0.0.1:1", cwd=tmp_path)
+
+
+def test_parse_errors_in_the_file_name_file_and_line(tmp_path):
+    path = write_config(tmp_path, '[output]\nformat = "xml"\n')
+    p = run_fwdgate(["check-config", "--config", path], cwd=tmp_path)
+    assert p.returncode == 1
+    err = p.stderr.decode()
+    assert err.startswith("fwdgate: error: invalid config file %s: TOML parse error at line 2, column 10\n" % path), err
+    assert err.count("unknown variant `xml`") == 1, err
+
+
+def test_taken_port_is_reported_once(tmp_path):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        addr = "127.0.0.1:%d" % s.getsockname()[1]
+        p = run_fwdgate(["--listen", addr, "--zmq-bind", "tcp://127.0.0.1:*", "--log-level", "error"],
+                        cwd=tmp_path, timeout=15)
+    finally:
+        s.close()
+    err = p.stderr.decode()
+    assert p.returncode == 1, err
+    assert err.count("Address already in use (os error 98)") == 1, err
+    [line] = [l for l in err.splitlines() if l.startswith("fwdgate: error: ")]
+    assert addr in line, err

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Makes the small image local/busybox:latest from Debian's static busybox, without a
+# registry: a root file system of /bin/busybox and a few applet links, imported with
+# `docker import`. The README's quick start, docker-compose.yml and the tests use it.
+#
+#   scripts/make-busybox-image.sh [IMAGE]     default local/busybox:latest
+#
+# Needs a running Docker daemon and /bin/busybox (apt-get install busybox-static).
+# Does nothing when the image exists already.
+set -euo pipefail
+
+image=${1:-local/busybox:latest}
+docker=${DOCKER:-docker}
+
+if "$docker" image inspect "$image" >/dev/null 2>&1; then
+  echo "make-busybox-image: $image exists already"
+  exit 0
+fi
+busybox=/bin/busybox
+if [ ! -x "$busybox" ]; then
+  echo "make-busybox-image: no $busybox (install it: apt-get install busybox-static)" >&2
+  exit 1
+fi
+if ! ldd "$busybox" 2>&1 | grep -q 'not a dynamic executable'; then
+  echo "make-busybox-image: $busybox is linked dynamically; the image needs busybox-static" >&2
+  exit 1
+fi
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+mkdir -p "$root/bin"
+cp "$busybox" "$root/bin/"
+for applet in sh echo cat seq sleep yes head printf; do ln -s busybox "$root/bin/$applet"; done
+tar -C "$root" -c . | "$docker" import - "$image" >/dev/null
+echo "make-busybox-image: made $image"
