@@ -41,9 +41,15 @@ impl RoutedEvents {
     /// events does not keep a whole read buffer alive. Copying is cheap exactly when it
     /// matters: the data is small.
     pub fn unpin(&mut self, allocation: usize) {
-        if self.data.len() <= UNPIN_MAX && self.data.len() * 2 < allocation {
-            self.data = Bytes::copy_from_slice(&self.data);
-        }
+        unpin(&mut self.data, allocation);
+    }
+}
+
+/// Copies `data` into an allocation of its own when it is a small part of a larger one
+/// (`allocation`: the bytes that one holds); see [`RoutedEvents::unpin`].
+pub fn unpin(data: &mut Bytes, allocation: usize) {
+    if data.len() <= UNPIN_MAX && data.len() * 2 < allocation {
+        *data = Bytes::copy_from_slice(data);
     }
 }
 

@@ -435,6 +435,11 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
         if at > 0 {
             self.region_alloc = self.buf.capacity();
             let region = self.buf.split_to(at).freeze();
+            if self.buf.is_empty() {
+                // Nothing of the next request yet: give the rest of the buffer back now,
+                // not after these requests are handed over (which may wait).
+                self.buf = BytesMut::new();
+            }
             self.region_key = self.head_key.unwrap_or(self.last_arrival);
             self.next_head();
             self.handle_region(region, &ends, false, true).await?;
@@ -461,6 +466,7 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
         let mut at = 0;
         for &end in ends {
             if let Err(e) = self.handle(&region, at..end, json, &mut handoff).await {
+                drop(region);
                 self.hand_off(&mut handoff, true).await?;
                 return Err(e);
             }
@@ -469,6 +475,8 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
                 self.hand_off(&mut handoff, false).await?;
             }
         }
+        // What the batches need of the region they keep; the rest can go while they wait.
+        drop(region);
         self.hand_off(&mut handoff, last).await
     }
 
@@ -581,9 +589,14 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
     /// With `last`, nothing else read waits to be handed over after these.
     async fn hand_off(&mut self, handoff: &mut Handoff, last: bool) -> Result<(), ConnectionError> {
         let mut receipts: Vec<Receipt> = Vec::new();
-        for mut ready in handoff.take_batches() {
-            // A held request must not keep the whole read buffer alive.
-            ready.events.unpin(self.region_alloc);
+        let mut batches = handoff.take_batches();
+        // A request that waits (for room in the buffer, or to be written) must not keep
+        // its connection's whole read buffer alive: small ones are copied out of it
+        // first, all of them, before the first wait.
+        for ready in &mut batches {
+            ready.unpin(self.region_alloc);
+        }
+        for ready in batches {
             if let Some(member) = &mut self.member {
                 let events = &ready.events;
                 member
@@ -662,8 +675,9 @@ where
     };
     if buf.is_empty() {
         stream.ready_to_read().await?;
-        buf.reserve(IDLE_READ);
-    } else if needed >= BUSY_READ {
+        return stream.read_stamped(buf, IDLE_READ, usize::MAX, hook).await;
+    }
+    if needed >= BUSY_READ {
         // A large declared value (a PackedForward stream): room for it and a little
         // more, and a read that stops there. Bytes read past the request's end are
         // copied into the next request's buffer; reading to the edge of a large
@@ -671,10 +685,7 @@ where
         // every byte received. At most RESERVE_AHEAD past what has arrived: a peer
         // that declares a 16 MiB request and sends nothing more gets no such buffer.
         let room = (needed + IDLE_READ).min(RESERVE_AHEAD);
-        buf.reserve(room);
-        return stream.read_stamped(buf, room, hook).await;
-    } else {
-        buf.reserve(BUSY_READ);
+        return stream.read_stamped(buf, room, room, hook).await;
     }
-    stream.read_stamped(buf, usize::MAX, hook).await
+    stream.read_stamped(buf, BUSY_READ, usize::MAX, hook).await
 }

@@ -39,6 +39,17 @@ pub struct Ready {
     pub frames: Vec<Bytes>,
 }
 
+impl Ready {
+    /// Copies what is small out of the read buffer it was read into (which holds
+    /// `allocation` bytes), so that waiting to be held does not keep the buffer alive.
+    pub fn unpin(&mut self, allocation: usize) {
+        self.events.unpin(allocation);
+        for frame in &mut self.frames {
+            crate::event::unpin(frame, allocation);
+        }
+    }
+}
+
 /// A batch whose data will be `region[start..end]`, the requests merged into it. Until
 /// it is closed its `data` is its first request's bytes (which begin at `start`, so the
 /// spans hold), to spare a reference count update per request.

@@ -30,12 +30,15 @@ pub trait ClientSocket {
     /// Waits until a read will not block, without a buffer.
     fn ready_to_read(&self) -> impl Future<Output = io::Result<()>> + Send;
 
-    /// Reads at most `limit` bytes into `buf`'s spare room, telling `hook` around the
-    /// system call. Returns the count and the arrival time of the newest byte read
-    /// (nanoseconds since the Unix epoch), where the kernel gives it.
+    /// Makes room for `room` bytes in `buf` and reads at most `limit` bytes into it,
+    /// telling `hook` around the system call. Returns the count and the arrival time of
+    /// the newest byte read (nanoseconds since the Unix epoch), where the kernel gives
+    /// it. An empty `buf` is given back while the read waits: an idle connection holds
+    /// no buffer.
     fn read_stamped(
         &mut self,
         buf: &mut BytesMut,
+        room: usize,
         limit: usize,
         hook: &dyn ReadHook,
     ) -> impl Future<Output = io::Result<(usize, Option<u64>)>> + Send;
@@ -49,15 +52,24 @@ impl ClientSocket for tokio::net::TcpStream {
     async fn read_stamped(
         &mut self,
         buf: &mut BytesMut,
+        room: usize,
         limit: usize,
         hook: &dyn ReadHook,
     ) -> io::Result<(usize, Option<u64>)> {
         loop {
             self.readable().await?;
+            buf.reserve(room);
             hook.before();
             let fd = self.as_raw_fd();
             match self.try_io(Interest::READABLE, || recv_stamped(fd, buf, limit)) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => hook.nothing(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    hook.nothing();
+                    // The readiness was stale (a short read leaves it set): wait for the
+                    // next bytes without holding a buffer.
+                    if buf.is_empty() {
+                        *buf = BytesMut::new();
+                    }
+                }
                 other => return other,
             }
         }
@@ -75,9 +87,11 @@ impl ClientSocket for tokio::net::UnixStream {
     async fn read_stamped(
         &mut self,
         buf: &mut BytesMut,
+        room: usize,
         limit: usize,
         _hook: &dyn ReadHook,
     ) -> io::Result<(usize, Option<u64>)> {
+        buf.reserve(room);
         read_unstamped(self, buf, limit).await
     }
 }
@@ -93,9 +107,11 @@ impl ClientSocket for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
     async fn read_stamped(
         &mut self,
         buf: &mut BytesMut,
+        room: usize,
         limit: usize,
         _hook: &dyn ReadHook,
     ) -> io::Result<(usize, Option<u64>)> {
+        buf.reserve(room);
         read_unstamped(self, buf, limit).await
     }
 }
@@ -210,7 +226,7 @@ mod tests {
         for _ in 0..200 {
             client.write_all(b"w").await.unwrap();
             let mut buf = BytesMut::with_capacity(8);
-            let (_, at) = server.read_stamped(&mut buf, 8, &()).await.unwrap();
+            let (_, at) = server.read_stamped(&mut buf, 8, 8, &()).await.unwrap();
             if at.is_some() {
                 stamped = true;
                 break;
@@ -227,7 +243,7 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let mut buf = BytesMut::with_capacity(64);
         let hook = Told::default();
-        let (n, at) = server.read_stamped(&mut buf, 64, &hook).await.unwrap();
+        let (n, at) = server.read_stamped(&mut buf, 64, 64, &hook).await.unwrap();
         assert_eq!((n, &buf[..]), (5, &b"hello"[..]));
         assert!(hook.0.load(std::sync::atomic::Ordering::SeqCst));
         let at = at.expect("a receive timestamp");
@@ -238,7 +254,7 @@ mod tests {
         // A limit is honoured.
         client.write_all(b"0123456789").await.unwrap();
         let mut buf = BytesMut::with_capacity(64);
-        let (n, _) = server.read_stamped(&mut buf, 4, &()).await.unwrap();
+        let (n, _) = server.read_stamped(&mut buf, 64, 4, &()).await.unwrap();
         assert_eq!(&buf[..n], b"0123");
     }
 }
