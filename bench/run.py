@@ -337,6 +337,18 @@ def spool_config(name, fsync, extra=""):
     return conf, d
 
 
+def remove_spools():
+    """The spool directories and configuration files the spool cases made."""
+    import shutil
+    for name in os.listdir(RESULTS):
+        if name.startswith("spool-"):
+            path = os.path.join(RESULTS, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif name.endswith(".toml"):
+                os.remove(path)
+
+
 def dir_bytes(d):
     return sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d) if f.endswith(".seg"))
 
@@ -807,13 +819,11 @@ def main():
             add("spool", lambda: case_gateway("message", "seed", args, args.seconds + 1, 0, SPOOL_ACK_RATE,
                                               f"ack-spool-{fsync}", extra=["--ack"], conns=ACK_CONNS,
                                               gw_extra=["--config", conf]))
-        import shutil
-        for name in os.listdir(RESULTS):
-            if name.startswith("spool-") and os.path.isdir(os.path.join(RESULTS, name)):
-                shutil.rmtree(os.path.join(RESULTS, name), ignore_errors=True)
+        remove_spools()
     if "replay" in wanted:
         log("spool replay")
         results["replay"] = replay_case(args)
+        remove_spools()
         log("  ", {k: v for k, v in results["replay"].items() if k not in ("gateway", "fill")})
     if not args.quick and os.path.exists(os.path.join(BIN, "fwd-conns")):
         log("many connections")

@@ -61,16 +61,33 @@ impl ClientSocket for tokio::net::TcpStream {
             buf.reserve(room);
             hook.before();
             let fd = self.as_raw_fd();
-            match self.try_io(Interest::READABLE, || recv_stamped(fd, buf, limit)) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            let mut read = None;
+            let tried = self.try_io(Interest::READABLE, || {
+                let wanted = buf.capacity() - buf.len();
+                let (n, at) = recv_stamped(fd, buf, limit)?;
+                read = Some((n, at));
+                // A short read emptied the socket: answer "would block" so that tokio
+                // clears the readiness it saw before the read, as its own reads do
+                // (bytes that arrived meanwhile set it again). Otherwise the next wait
+                // returns at once and costs a read that finds nothing.
+                if n > 0 && n < wanted.min(limit) {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(())
+                }
+            });
+            match (read, tried) {
+                (Some(result), _) => return Ok(result),
+                (None, Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     hook.nothing();
-                    // The readiness was stale (a short read leaves it set): wait for the
-                    // next bytes without holding a buffer.
+                    // Nothing there after all: wait for the next bytes without holding
+                    // a buffer.
                     if buf.is_empty() {
                         *buf = BytesMut::new();
                     }
                 }
-                other => return other,
+                (None, Err(e)) => return Err(e),
+                (None, Ok(())) => return Ok((0, None)),
             }
         }
     }
