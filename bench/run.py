@@ -403,26 +403,39 @@ def replay_case(args):
                 spool_left_mb=left / 2**20, gateway=counters)
 
 
-def hold_case(args):
-    """10,000 connections that each sent one line: gateway RSS before and after."""
-    gw = Gateway("seed")
+def hold_case(args, subscriber=True, spool=False):
+    """10,000 connections that each sent one line: gateway RSS before and after. Without
+    a subscriber the lines are held (in the memory queue and the connections waiting
+    for room, or in the spool)."""
+    extra = []
+    if spool:
+        conf, _ = spool_config("hold", "always")
+        extra = ["--config", conf]
+    gw = Gateway("seed", extra)
     try:
-        sub = spawn([os.path.join(BIN, "zmq-count"), "--connect", gw.zmq, "--expected",
-                     str(args.hold), "--idle", "5", "--max-seconds", "120"],
-                    stdout=subprocess.PIPE, text=True)
-        time.sleep(0.7)
+        sub = None
+        if subscriber:
+            sub = spawn([os.path.join(BIN, "zmq-count"), "--connect", gw.zmq, "--expected",
+                         str(args.hold), "--idle", "5", "--max-seconds", "120"],
+                        stdout=subprocess.PIPE, text=True)
+            time.sleep(0.7)
         rss0 = gw.rss_mb()
         h = run_tool([os.path.join(BIN, "fwd-conns"), "hold", "--addr", gw.tcp,
                       "--connections", str(args.hold), "--hold-seconds", "4",
                       "--rss-pid", str(gw.pid)], 180)
-        cnt = last_json(finish(sub, 130))
+        cnt = last_json(finish(sub, 130)) if sub else None
         rss1 = h.get("rss_held_kb", 0) / 1024
         hwm = gw.hwm_mb()
     finally:
         counters = gw.stop()
-    return dict(case="hold", connections=h["connected"], rss_before_mb=rss0, rss_held_mb=rss1,
-                rss_delta_mb=rss1 - rss0, peak_rss_mb=hwm, received=cnt["received"],
-                loss=h["sent"] - cnt["received"], tool=h, gateway=counters)
+        if spool:
+            remove_spools()
+    r = dict(case="hold", subscriber=subscriber, spool=spool, connections=h["connected"],
+             rss_before_mb=rss0, rss_held_mb=rss1, rss_delta_mb=rss1 - rss0, peak_rss_mb=hwm,
+             tool=h, gateway=counters)
+    if cnt:
+        r.update(received=cnt["received"], loss=h["sent"] - cnt["received"])
+    return r
 
 
 def churn_case(args):
@@ -830,6 +843,11 @@ def main():
         if "hold" in wanted:
             results["hold"] = hold_case(args)
             log("  ", {k: v for k, v in results["hold"].items() if k not in ("tool", "gateway")})
+            # The same lines held for want of a subscriber: in memory, and with a spool.
+            results["hold_held"] = [hold_case(args, subscriber=False),
+                                    hold_case(args, subscriber=False, spool=True)]
+            for h in results["hold_held"]:
+                log("  ", {k: v for k, v in h.items() if k not in ("tool", "gateway")})
         if "churn" in wanted:
             results["churn"] = churn_case(args)
             log("  ", {k: v for k, v in results["churn"].items() if k != "gateway"})
@@ -856,6 +874,9 @@ def main():
         h = results["hold"]
         print(f"\n{h['connections']:,} held connections (one line each): RSS {h['rss_before_mb']:.1f} → "
               f"{h['rss_held_mb']:.1f} MB (+{h['rss_delta_mb']:.1f} MB), {h['received']:,} lines delivered")
+    for h in results.get("hold_held", []):
+        print(f"the same, nobody subscribed{', with a spool' if h['spool'] else ''}: RSS {h['rss_before_mb']:.1f} → "
+              f"{h['rss_held_mb']:.1f} MB (+{h['rss_delta_mb']:.1f} MB), the lines held")
     if results.get("replay"):
         r = results["replay"]
         print(f"\nspool replay: {r['events']:,} events ({r['spool_mb']:,.0f} MB on disk) read back and published in "
