@@ -232,11 +232,7 @@ impl DiskReader {
             let cost = self.budget.cost(&events);
             let (bytes, slot) = self
                 .runtime
-                .block_on(async {
-                    let bytes = self.budget.bytes.clone().acquire_many_owned(cost).await?;
-                    let slot = self.budget.slots.clone().acquire_owned().await?;
-                    Ok::<_, tokio::sync::AcquireError>((bytes, slot))
-                })
+                .block_on(self.budget.acquire(cost))
                 .map_err(|_| Stop::Done)?;
             self.budget.count_in(u64::from(cost));
             let held = Held {

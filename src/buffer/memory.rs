@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 /// Events on their way to the publisher, with the budget they hold.
 pub struct Held {
@@ -31,10 +31,8 @@ pub struct Held {
 /// What the queue carries, in order.
 pub enum Item {
     Held(Held),
-    /// From here on the publisher reads the spool from position `from`.
-    Spilled {
-        from: u64,
-    },
+    /// From here on the publisher reads the spool (the reader knows from where).
+    Spilled,
     /// A client connection ended (the publisher finishes its split lines).
     Ended(u64),
 }
@@ -122,15 +120,7 @@ impl Memory {
     /// Queues `events` if there is room now; false (and the events dropped) if not,
     /// or if the publisher is gone.
     pub fn try_push(&self, events: RoutedEvents, received_ns: u64, pos: Option<u64>) -> bool {
-        let Ok(bytes) = self
-            .budget
-            .bytes
-            .clone()
-            .try_acquire_many_owned(self.budget.cost(&events))
-        else {
-            return false;
-        };
-        let Ok(slot) = self.budget.slots.clone().try_acquire_owned() else {
+        let Ok((bytes, slot)) = self.budget.try_acquire(self.budget.cost(&events)) else {
             return false;
         };
         self.send(Held {
@@ -169,24 +159,15 @@ impl Memory {
     ) -> Result<Accepted, Closed> {
         let cost = self.budget.cost(&events);
         let (bytes, slot) = match when_full {
-            WhenFull::Block => {
-                let bytes = self.budget.bytes.clone().acquire_many_owned(cost).await;
-                let slot = self.budget.slots.clone().acquire_owned().await;
-                (bytes.map_err(|_| Closed)?, slot.map_err(|_| Closed)?)
-            }
-            WhenFull::DropNewest => {
-                let bytes = self.budget.bytes.clone().try_acquire_many_owned(cost);
-                let slot = self.budget.slots.clone().try_acquire_owned();
-                match (bytes, slot) {
-                    (Ok(b), Ok(s)) => (b, s),
-                    (Err(tokio::sync::TryAcquireError::Closed), _)
-                    | (_, Err(tokio::sync::TryAcquireError::Closed)) => return Err(Closed),
-                    _ => {
-                        self.drop_newest(&events);
-                        return Ok(Accepted::Dropped);
-                    }
+            WhenFull::Block => self.budget.acquire(cost).await.map_err(|_| Closed)?,
+            WhenFull::DropNewest => match self.budget.try_acquire(cost) {
+                Ok(permits) => permits,
+                Err(TryAcquireError::Closed) => return Err(Closed),
+                Err(TryAcquireError::NoPermits) => {
+                    self.drop_newest(&events);
+                    return Ok(Accepted::Dropped);
                 }
-            }
+            },
             WhenFull::DropOldest => self.wait_dropping_oldest(cost).await?,
         };
         self.send(Held {
@@ -200,10 +181,7 @@ impl Memory {
     }
 
     /// Waits for room while the publisher drops the oldest queued requests for it.
-    async fn wait_dropping_oldest(
-        &self,
-        cost: u32,
-    ) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), Closed> {
+    async fn wait_dropping_oldest(&self, cost: u32) -> Result<Permits, Closed> {
         let p = &self.budget.pressure;
         p.waiting.fetch_add(1, Ordering::SeqCst);
         p.needed_bytes.fetch_max(u64::from(cost), Ordering::SeqCst);
@@ -237,23 +215,36 @@ impl Memory {
     }
 
     fn drop_newest(&self, events: &RoutedEvents) {
-        let before = self
-            .budget
-            .counters
-            .requests_dropped_queue_full
-            .fetch_add(1, Ordering::Relaxed);
-        self.budget
-            .counters
-            .events_dropped_queue_full
-            .fetch_add(events.events.len() as u64, Ordering::Relaxed);
-        // One line per thousand dropped requests: the counters carry the rest.
-        if before % 1000 == 0 {
-            tracing::warn!(peer = %events.peer, dropped_requests = before + 1, "publisher queue full: dropping new requests (when_full = drop_newest)");
+        let c = &self.budget.counters;
+        let dropped = count_drop(
+            &c.requests_dropped_queue_full,
+            &c.events_dropped_queue_full,
+            events,
+        );
+        if let Some(dropped) = dropped {
+            tracing::warn!(peer = %events.peer, dropped_requests = dropped, "publisher queue full: dropping new requests (when_full = drop_newest)");
         }
     }
 }
 
+/// A request's share of the budget: its bytes and its place among the requests.
+type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+
 impl Budget {
+    /// Waits for `cost` bytes and a place; fails once the budget is closed.
+    pub async fn acquire(&self, cost: u32) -> Result<Permits, AcquireError> {
+        let bytes = self.bytes.clone().acquire_many_owned(cost).await?;
+        let slot = self.slots.clone().acquire_owned().await?;
+        Ok((bytes, slot))
+    }
+
+    /// `cost` bytes and a place, if there are both now.
+    pub fn try_acquire(&self, cost: u32) -> Result<Permits, TryAcquireError> {
+        let bytes = self.bytes.clone().try_acquire_many_owned(cost)?;
+        let slot = self.slots.clone().try_acquire_owned()?;
+        Ok((bytes, slot))
+    }
+
     /// The permits `events` needs: its memory cost, the whole budget at most (a request
     /// larger than the whole budget takes all of it rather than never fitting).
     pub fn cost(&self, events: &RoutedEvents) -> u32 {
@@ -287,4 +278,13 @@ impl Budget {
         self.bytes.close();
         self.slots.close();
     }
+}
+
+/// Counts a request dropped by a `when_full` policy and its events. Returns the requests
+/// dropped so far for the first and every thousandth: one log line for those, the
+/// counters carry the rest.
+pub fn count_drop(requests: &AtomicU64, events: &AtomicU64, dropped: &RoutedEvents) -> Option<u64> {
+    let before = requests.fetch_add(1, Ordering::Relaxed);
+    events.fetch_add(dropped.events.len() as u64, Ordering::Relaxed);
+    (before % 1000 == 0).then_some(before + 1)
 }

@@ -38,7 +38,7 @@ pub use disk::Expand;
 use disk::{DiskItem, DiskReader};
 use ledger::Ledger;
 pub use memory::Accepted;
-use memory::{Budget, Held, Item, Memory};
+use memory::{count_drop, Budget, Held, Item, Memory};
 use spool::writer::{Append, Pending, Writer};
 use spool::{Spool, SpoolError};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -214,14 +214,13 @@ impl Health {
 }
 
 fn count_spool_full(counters: &Counters, events: &RoutedEvents) {
-    let before = counters
-        .requests_dropped_spool_full
-        .fetch_add(1, Ordering::Relaxed);
-    counters
-        .events_dropped_spool_full
-        .fetch_add(events.events.len() as u64, Ordering::Relaxed);
-    if before % 1000 == 0 {
-        tracing::warn!(peer = %events.peer, dropped_requests = before + 1, "spool full: dropping new requests (when_full = drop_newest)");
+    let dropped = count_drop(
+        &counters.requests_dropped_spool_full,
+        &counters.events_dropped_spool_full,
+        events,
+    );
+    if let Some(dropped) = dropped {
+        tracing::warn!(peer = %events.peer, dropped_requests = dropped, "spool full: dropping new requests (when_full = drop_newest)");
     }
 }
 
@@ -386,7 +385,7 @@ impl Outlet {
             match self.phase {
                 Phase::Memory => match receive(&self.memory_rx, left) {
                     Ok(Item::Held(held)) => return Next::Delivery(self.deliver(held)),
-                    Ok(Item::Spilled { .. }) => self.phase = Phase::Disk,
+                    Ok(Item::Spilled) => self.phase = Phase::Disk,
                     Ok(Item::Ended(connection)) => return Next::Ended(connection),
                     Err(false) => return self.empty(),
                     Err(true) => return Next::Closed,
@@ -465,24 +464,14 @@ impl Outlet {
 
     /// Drops a taken request under `drop_oldest`, counted.
     pub fn drop_oldest(&mut self, delivery: Delivery) {
-        let n = delivery.events.events.len() as u64;
-        let spooled = self.spooled.is_some();
-        let (requests, events) = if spooled {
-            (
-                &self.counters.requests_dropped_spool_full,
-                &self.counters.events_dropped_spool_full,
-            )
-        } else {
-            (
-                &self.counters.requests_dropped_queue_full,
-                &self.counters.events_dropped_queue_full,
-            )
+        let c = &self.counters;
+        let (requests, events) = match self.spooled {
+            Some(_) => (&c.requests_dropped_spool_full, &c.events_dropped_spool_full),
+            None => (&c.requests_dropped_queue_full, &c.events_dropped_queue_full),
         };
-        let before = requests.fetch_add(1, Ordering::Relaxed);
-        events.fetch_add(n, Ordering::Relaxed);
-        if before % 1000 == 0 {
+        if let Some(dropped) = count_drop(requests, events, &delivery.events) {
             tracing::warn!(
-                dropped_requests = before + 1,
+                dropped_requests = dropped,
                 "buffer full: dropping the oldest requests (when_full = drop_oldest)"
             );
         }

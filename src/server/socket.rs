@@ -108,8 +108,7 @@ impl ClientSocket for tokio::net::UnixStream {
         limit: usize,
         _hook: &dyn ReadHook,
     ) -> io::Result<(usize, Option<u64>)> {
-        buf.reserve(room);
-        read_unstamped(self, buf, limit).await
+        read_unstamped(self, buf, room, limit).await
     }
 }
 
@@ -128,17 +127,18 @@ impl ClientSocket for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
         limit: usize,
         _hook: &dyn ReadHook,
     ) -> io::Result<(usize, Option<u64>)> {
-        buf.reserve(room);
-        read_unstamped(self, buf, limit).await
+        read_unstamped(self, buf, room, limit).await
     }
 }
 
-/// A plain read of at most `limit` bytes, with no arrival time.
+/// A plain read of at most `limit` bytes into room for `room`, with no arrival time.
 async fn read_unstamped<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
+    room: usize,
     limit: usize,
 ) -> io::Result<(usize, Option<u64>)> {
+    buf.reserve(room);
     let n = stream.read_buf(&mut (&mut *buf).limit(limit)).await?;
     Ok((n, None))
 }

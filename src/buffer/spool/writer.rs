@@ -253,7 +253,7 @@ impl Writer {
                 {
                     // Memory is full: from this record on the publisher reads the spool.
                     log.mode = Mode::Spilled { from: start };
-                    self.memory.mark(Item::Spilled { from: start });
+                    self.memory.mark(Item::Spilled);
                     self.spool.reader_wake.notify_all();
                 }
                 replies.push(reply);
