@@ -66,6 +66,11 @@ pub struct Counters {
     /// Gauge: when the oldest request held by the buffer was received (nanoseconds
     /// since the Unix epoch), 0 when none is held.
     pub buffer_head_received_ns: AtomicU64,
+    /// Hand-overs that waited for another connection of the same client that might hold
+    /// an earlier request (`input.keep_client_order`), and waits that gave up after a
+    /// second.
+    pub order_waits: AtomicU64,
+    pub order_wait_timeouts: AtomicU64,
     /// Gauge: ZeroMQ peers connected to the PUB socket (subscribers that connected to a
     /// bound endpoint, and connect endpoints whose peer is up).
     pub zmq_peers: AtomicU64,
@@ -307,6 +312,18 @@ pub fn render(c: &Counters, tenants: &TenantCounts, rate_limited: &TenantCounts)
         "ZeroMQ peers connected to the PUB socket.",
         get(&c.zmq_peers),
     );
+    metric(
+        "fwdgate_order_waits_total",
+        "counter",
+        "Hand-overs that waited for an earlier request of the same client and tag on another connection.",
+        get(&c.order_waits),
+    );
+    metric(
+        "fwdgate_order_wait_timeouts_total",
+        "counter",
+        "Waits for an earlier request of the same client that gave up after a second (that request was still arriving).",
+        get(&c.order_wait_timeouts),
+    );
     let head = get(&c.buffer_head_received_ns);
     let age = if head == 0 {
         0.0
@@ -399,7 +416,7 @@ mod tests {
         let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
         let helps = text.lines().filter(|l| l.starts_with("# HELP")).count();
         assert_eq!(types, helps);
-        assert_eq!(types, 26);
+        assert_eq!(types, 28);
     }
 
     #[test]

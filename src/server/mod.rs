@@ -162,7 +162,7 @@ pub async fn run(
         order: config
             .input
             .keep_client_order
-            .then(|| Arc::new(order::Order::default())),
+            .then(|| Arc::new(order::Order::new(counters.clone()))),
         connections: Default::default(),
         security: handshake::Security::from_config(&config).map(Arc::new),
         admission: Arc::new(admission::Admission::new(&config, counters.clone())),

@@ -27,6 +27,7 @@
 //! (it has not handed over a request) is a newcomer: every connection of its client
 //! looks at it until it has, or has sent nothing for [`NEWCOMER_WINDOW`].
 
+use crate::metrics::Counters;
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -51,9 +52,9 @@ const MAX_WAIT: Duration = Duration::from_secs(1);
 pub struct Order {
     clients: Mutex<HashMap<Arc<str>, Arc<Client>>>,
     next_id: AtomicU64,
-    /// Hand-overs that waited for another connection, and waits that gave up.
-    pub waits: AtomicU64,
-    pub wait_timeouts: AtomicU64,
+    /// Where hand-overs that waited for another connection, and waits that gave up,
+    /// are counted.
+    counters: Arc<Counters>,
 }
 
 /// One client: its connections, by the tags they carry.
@@ -142,6 +143,13 @@ pub struct Member {
 }
 
 impl Order {
+    pub fn new(counters: Arc<Counters>) -> Order {
+        Order {
+            counters,
+            ..Order::default()
+        }
+    }
+
     /// Registers a new connection of the client `identity`, as a newcomer. `fd`: its
     /// socket (-1 when there is none to ask).
     pub fn join(self: &Arc<Self>, identity: &Arc<str>, fd: RawFd) -> Member {
@@ -268,13 +276,19 @@ impl Member {
                 break;
             }
             if started.elapsed() >= MAX_WAIT {
-                self.order.wait_timeouts.fetch_add(1, Ordering::Relaxed);
+                self.order
+                    .counters
+                    .order_wait_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(client = %self.identity, "gave up waiting for an earlier request of this client on another connection");
                 break;
             }
             if !waited {
                 waited = true;
-                self.order.waits.fetch_add(1, Ordering::Relaxed);
+                self.order
+                    .counters
+                    .order_waits
+                    .fetch_add(1, Ordering::Relaxed);
             }
             self.client.waiters.fetch_add(1, Ordering::SeqCst);
             let _ = tokio::time::timeout(RECHECK, changed).await;
@@ -416,7 +430,7 @@ mod tests {
         b.read(200, Some((200, tag_hash(b"db"))));
         b.turn(b"db", 200).await;
         b.handed_over(None);
-        assert_eq!(order.waits.load(Ordering::Relaxed), 0);
+        assert_eq!(order.counters.order_waits.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]
@@ -444,8 +458,11 @@ mod tests {
         early.handed_over(None);
         let late = waiting.await.unwrap();
         late.handed_over(None);
-        assert_eq!(order.waits.load(Ordering::Relaxed), 1);
-        assert_eq!(order.wait_timeouts.load(Ordering::Relaxed), 0);
+        assert_eq!(order.counters.order_waits.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            order.counters.order_wait_timeouts.load(Ordering::Relaxed),
+            0
+        );
     }
 
     #[tokio::test]
@@ -461,7 +478,7 @@ mod tests {
         quick.read(200, Some((200, tag_hash(b"app"))));
         quick.turn(b"app", 200).await;
         quick.handed_over(None);
-        assert_eq!(order.waits.load(Ordering::Relaxed), 0);
+        assert_eq!(order.counters.order_waits.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]
