@@ -265,11 +265,6 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
         tokio::pin!(cancelled);
         loop {
             let handled = self.handle_buffered(one_request).await?;
-            // Every complete request read so far is handed over (what is left in the
-            // buffer is a request still arriving).
-            if handled {
-                self.handed_over();
-            }
             if handled && one_request {
                 // The HELO said keepalive: false; one request per connection.
                 return Ok(());
@@ -412,7 +407,9 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
                 }
             }
             if any {
+                // Every complete request is handed over: what is left is still arriving.
                 self.next_head();
+                self.handed_over();
             }
             return Ok(any);
         };
