@@ -247,11 +247,7 @@ impl Worker {
                 Next::Empty | Next::Closed => break,
             }
         }
-        if let Some((joiner, router)) = &mut self.joiner {
-            for line in joiner.ended(None, router) {
-                dropped += line.events.events.len() as u64;
-            }
-        }
+        dropped += self.drop_held_lines();
         self.counters
             .events_dropped_no_subscriber
             .fetch_add(dropped, Ordering::Relaxed);
@@ -310,18 +306,24 @@ impl Worker {
     /// At a shutdown with nobody subscribed: split lines still held are not published;
     /// with a spool their pieces stay there.
     fn finish_lines_unpublished(&mut self) {
-        if let Some((joiner, router)) = &mut self.joiner {
-            let n: usize = joiner
-                .ended(None, router)
-                .iter()
-                .map(|l| l.events.events.len())
-                .sum();
-            if !self.outlet.is_durable() {
-                self.counters
-                    .events_dropped_no_subscriber
-                    .fetch_add(n as u64, Ordering::Relaxed);
-            }
+        let n = self.drop_held_lines();
+        if !self.outlet.is_durable() {
+            self.counters
+                .events_dropped_no_subscriber
+                .fetch_add(n, Ordering::Relaxed);
         }
+    }
+
+    /// Lets go of the split lines still held, unpublished; the events they held.
+    fn drop_held_lines(&mut self) -> u64 {
+        let Some((joiner, router)) = &mut self.joiner else {
+            return 0;
+        };
+        joiner
+            .ended(None, router)
+            .iter()
+            .map(|line| line.events.events.len() as u64)
+            .sum()
     }
 
     fn publish(&mut self, mut batch: RoutedEvents) {

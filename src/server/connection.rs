@@ -13,7 +13,7 @@ use crate::forward::ack::{encode_ack, encode_json_ack};
 use crate::forward::compression::DecompressError;
 use crate::forward::json::{json_to_msgpack, starts_json, JsonError, JsonScanner};
 use crate::forward::msgpack::Cursor;
-use crate::forward::{decode_request, Compression, Limits, RequestError, ScanError, Scanner};
+use crate::forward::{decode_request, Limits, RequestError, ScanError, Scanner};
 use crate::metrics::Counters;
 use crate::publish::json::write_value;
 use crate::route::Router;
@@ -564,13 +564,7 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
             if let Some(mut batch) = batch {
                 batch.peer_host = self.peer_host.clone();
                 batch.connection = self.number;
-                if request.options.compressed == Compression::None {
-                    // The batch's spans index the request's own bytes: it can join the
-                    // batch of the requests before it.
-                    handoff.merge(batch, region, at);
-                } else {
-                    handoff.push(batch, frame);
-                }
+                handoff.add(batch, &request, region, at, frame);
             }
         }
         if let Some(ack) = ack {

@@ -8,6 +8,7 @@
 //! per record; merged, the cost is paid once per read.
 
 use crate::event::RoutedEvents;
+use crate::forward::{Compression, Request};
 use crate::route::{same_bytes, Line, Routed, Span};
 use bytes::Bytes;
 
@@ -116,9 +117,27 @@ impl Handoff {
         });
     }
 
+    /// Adds the batch of `request`, whose bytes are `frame`, at `region[at..]`: merged
+    /// with the batches before it when its spans index those bytes (an uncompressed
+    /// request), else on its own (its data is the decompressed entries).
+    pub fn add(
+        &mut self,
+        batch: RoutedEvents,
+        request: &Request,
+        region: &Bytes,
+        at: usize,
+        frame: Bytes,
+    ) {
+        if request.options.compressed == Compression::None {
+            self.merge(batch, region, at);
+        } else {
+            self.push(batch, frame);
+        }
+    }
+
     /// Adds a batch that cannot be merged (its data is not the request's bytes, which
     /// are `frame`).
-    pub fn push(&mut self, batch: RoutedEvents, frame: Bytes) {
+    fn push(&mut self, batch: RoutedEvents, frame: Bytes) {
         self.close_merging();
         let frames = if self.keep_frames {
             vec![frame]

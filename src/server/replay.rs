@@ -7,7 +7,7 @@ use crate::batch::{build_batch, BatchLimits};
 use crate::buffer::spool::record::Record;
 use crate::buffer::Expand;
 use crate::event::RoutedEvents;
-use crate::forward::{decode_request, Compression};
+use crate::forward::decode_request;
 use crate::route::Router;
 
 pub struct Expander {
@@ -44,7 +44,6 @@ impl Expand for Expander {
             if request.options.signal != 0 {
                 continue;
             }
-            let uncompressed = request.options.compressed == Compression::None;
             match build_batch(
                 frame.clone(),
                 &request,
@@ -54,11 +53,7 @@ impl Expand for Expander {
             ) {
                 Ok((Some(mut batch), _)) => {
                     batch.peer_host = record.host.clone();
-                    if uncompressed {
-                        handoff.merge(batch, &record.region, start);
-                    } else {
-                        handoff.push(batch, frame);
-                    }
+                    handoff.add(batch, &request, &record.region, start, frame);
                 }
                 Ok((None, _)) => {}
                 Err(e) => {
