@@ -91,17 +91,37 @@ pub fn build_batch(
     limits: BatchLimits,
     peer: &Arc<str>,
 ) -> Result<(Option<RoutedEvents>, Invalid), DecompressError> {
-    let compressed = request.options.compressed != Compression::None;
-    let (data, tag_range) = match &request.entries {
-        Entries::Packed(range) if compressed => {
-            let mut plain = decompress(
+    let plain = match &request.entries {
+        Entries::Packed(range) if request.options.compressed != Compression::None => {
+            Some(decompress(
                 request.options.compressed,
                 &frame[range.clone()],
                 limits.max_decompressed,
-            )?;
+            )?)
+        }
+        _ => None,
+    };
+    Ok(build_expanded(frame, plain, request, router, limits, peer))
+}
+
+/// [`build_batch`] for a request whose compressed entries (if any) the caller has
+/// decompressed into `plain` (the connection does, under its memory budget).
+pub fn build_expanded(
+    frame: Bytes,
+    plain: Option<Vec<u8>>,
+    request: &Request,
+    router: &Router,
+    limits: BatchLimits,
+    peer: &Arc<str>,
+) -> (Option<RoutedEvents>, Invalid) {
+    let compressed = plain.is_some();
+    let (data, tag_range) = match plain {
+        Some(mut plain) => {
             // Keep the tag beside the entries so every span indexes one buffer.
+            let tag = &frame[request.tag.clone()];
+            plain.reserve_exact(tag.len());
             let tag_at = plain.len();
-            plain.extend_from_slice(&frame[request.tag.clone()]);
+            plain.extend_from_slice(tag);
             let tag_end = plain.len();
             // The buffer grew by doubling: give back what is unused before it waits in
             // the queue, whose byte budget counts only what is used (shrinking in
@@ -109,7 +129,7 @@ pub fn build_batch(
             plain.shrink_to_fit();
             (Bytes::from(plain), tag_at..tag_end)
         }
-        _ => (frame, request.tag.clone()),
+        None => (frame, request.tag.clone()),
     };
     let tag = router.route_tag(&data, tag_range.clone());
     let mut events = Vec::new();
@@ -172,7 +192,7 @@ pub fn build_batch(
         }
     }
     if events.is_empty() {
-        return Ok((None, invalid));
+        return (None, invalid);
     }
     let batch = RoutedEvents {
         data,
@@ -182,7 +202,7 @@ pub fn build_batch(
         connection: 0,
         events,
     };
-    Ok((Some(batch), invalid))
+    (Some(batch), invalid)
 }
 
 #[cfg(test)]

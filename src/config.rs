@@ -428,6 +428,13 @@ pub struct LimitsConfig {
     /// Events a tenant may publish at once above its rate (the bucket's size; at least
     /// the rate). Default 0: the rate.
     pub tenant_burst: u64,
+    /// Memory all clients together may make the gateway hold for requests still
+    /// arriving or being expanded: read buffers above 128 KiB per connection, room for
+    /// a request's declared rest, and decompressed entries. A connection that finds no
+    /// room waits without reading (TCP slows its client). At least
+    /// `input.max_frame_size` + `input.max_decompressed_size`, so that any one request
+    /// fits. Default 128 MiB; 0: no budget.
+    pub intake_memory_bytes: u64,
 }
 
 impl Default for LimitsConfig {
@@ -439,6 +446,7 @@ impl Default for LimitsConfig {
             request_timeout_ms: 60_000,
             tenant_events_per_second: 0,
             tenant_burst: 0,
+            intake_memory_bytes: 128 << 20,
         }
     }
 }
@@ -591,6 +599,16 @@ impl Config {
         }
         if self.input.max_decompressed_size == 0 {
             return invalid("input.max_decompressed_size must be above 0".into());
+        }
+        let one_request = (self.input.max_frame_size as u64)
+            .saturating_add(self.input.max_decompressed_size as u64);
+        if self.limits.intake_memory_bytes != 0 && self.limits.intake_memory_bytes < one_request {
+            return invalid(format!(
+                "limits.intake_memory_bytes ({}) must be 0 (no budget) or at least \
+                 input.max_frame_size + input.max_decompressed_size ({one_request}), so that \
+                 the largest request fits",
+                self.limits.intake_memory_bytes
+            ));
         }
         if self.input.max_depth < 4 {
             return invalid("input.max_depth must be at least 4 (a request nests 4 deep)".into());

@@ -74,6 +74,14 @@ pub struct Counters {
     /// Gauge: ZeroMQ peers connected to the PUB socket (subscribers that connected to a
     /// bound endpoint, and connect endpoints whose peer is up).
     pub zmq_peers: AtomicU64,
+    /// Gauges: bytes of the intake memory budget (`limits.intake_memory_bytes`) held by
+    /// read buffers and decompressions, and the budget itself (0: none).
+    pub intake_memory_bytes: AtomicU64,
+    pub intake_memory_limit_bytes: AtomicU64,
+    /// Reads and decompressions that waited for room in the intake budget.
+    pub intake_memory_waits: AtomicU64,
+    /// Decompressions that gave their room back and started again with more.
+    pub decompress_restarts: AtomicU64,
 }
 
 fn get(c: &AtomicU64) -> u64 {
@@ -313,6 +321,30 @@ pub fn render(c: &Counters, tenants: &TenantCounts, rate_limited: &TenantCounts)
         get(&c.zmq_peers),
     );
     metric(
+        "fwdgate_intake_memory_bytes",
+        "gauge",
+        "Bytes of the intake memory budget held by read buffers and decompressions.",
+        get(&c.intake_memory_bytes),
+    );
+    metric(
+        "fwdgate_intake_memory_limit_bytes",
+        "gauge",
+        "The intake memory budget (limits.intake_memory_bytes); 0: none.",
+        get(&c.intake_memory_limit_bytes),
+    );
+    metric(
+        "fwdgate_intake_memory_waits_total",
+        "counter",
+        "Reads and decompressions that waited for room in the intake memory budget.",
+        get(&c.intake_memory_waits),
+    );
+    metric(
+        "fwdgate_decompress_restarts_total",
+        "counter",
+        "Decompressions that could not get more room at once, gave theirs back and started again with twice as much.",
+        get(&c.decompress_restarts),
+    );
+    metric(
         "fwdgate_order_waits_total",
         "counter",
         "Hand-overs that waited for an earlier request of the same client and tag on another connection.",
@@ -416,7 +448,7 @@ mod tests {
         let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
         let helps = text.lines().filter(|l| l.starts_with("# HELP")).count();
         assert_eq!(types, helps);
-        assert_eq!(types, 28);
+        assert_eq!(types, 32);
     }
 
     #[test]

@@ -16,6 +16,16 @@ pub enum DecompressError {
     },
 }
 
+/// How a decompression under a memory budget ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Within {
+    /// The whole output, within the cap and within what `grow` allowed.
+    Done(Vec<u8>),
+    /// The output needs more room than `grow` would give: this many bytes in all (at
+    /// most the cap). The partial output is dropped.
+    OutOfRoom(usize),
+}
+
 /// Decompresses `input` into a new buffer of at most `cap` bytes. Gzip input may be
 /// several concatenated members and zstd input several frames, as Fluentd and Fluent Bit
 /// write them.
@@ -24,23 +34,58 @@ pub fn decompress(
     input: &[u8],
     cap: usize,
 ) -> Result<Vec<u8>, DecompressError> {
+    match decompress_within(codec, input, cap, first_room(input.len(), cap), &mut |_| {
+        true
+    })? {
+        Within::Done(out) => Ok(out),
+        // `grow` above never refuses.
+        Within::OutOfRoom(_) => Err(DecompressError::TooLarge(cap)),
+    }
+}
+
+/// The room a decompression of `input_len` bytes starts with: log data typically
+/// compresses 5-10x, so 8x, at least 4 KiB and at most the cap.
+pub fn first_room(input_len: usize, cap: usize) -> usize {
+    input_len.saturating_mul(8).max(4096).min(cap)
+}
+
+/// Decompresses `input` into a buffer of `room` bytes that grows only when `grow(to)`
+/// agrees to `to` bytes in all (the caller's memory budget), doubling each time, and
+/// never past `cap`. Output over the cap is [`DecompressError::TooLarge`] however much
+/// room there is, so the outcome depends on the cap alone; output that `grow` refuses
+/// room for is [`Within::OutOfRoom`], to be tried again with more.
+pub fn decompress_within(
+    codec: Compression,
+    input: &[u8],
+    cap: usize,
+    room: usize,
+    grow: &mut dyn FnMut(usize) -> bool,
+) -> Result<Within, DecompressError> {
+    let room = room.min(cap);
     match codec {
         Compression::None if input.len() > cap => Err(DecompressError::TooLarge(cap)),
-        Compression::None => Ok(input.to_vec()),
+        Compression::None if input.len() > room && !grow(input.len()) => {
+            Ok(Within::OutOfRoom(input.len()))
+        }
+        Compression::None => Ok(Within::Done(input.to_vec())),
         Compression::Gzip => read_capped(
             flate2::read::MultiGzDecoder::new(input),
             "gzip",
-            input.len(),
             cap,
+            room,
+            grow,
         ),
         Compression::Zstd => {
+            // The decoder's window (as large as the frame declares, up to zstd's
+            // default maximum of 128 MiB) is touched only as output is written, so
+            // it costs at most as much as the output again.
             let decoder = zstd::stream::read::Decoder::with_buffer(input).map_err(|source| {
                 DecompressError::Corrupt {
                     codec: "zstd",
                     source,
                 }
             })?;
-            read_capped(decoder, "zstd", input.len(), cap)
+            read_capped(decoder, "zstd", cap, room, grow)
         }
     }
 }
@@ -48,32 +93,35 @@ pub fn decompress(
 fn read_capped(
     mut reader: impl Read,
     codec: &'static str,
-    input_len: usize,
     cap: usize,
-) -> Result<Vec<u8>, DecompressError> {
+    room: usize,
+    grow: &mut dyn FnMut(usize) -> bool,
+) -> Result<Within, DecompressError> {
     let corrupt = |source| DecompressError::Corrupt { codec, source };
-    // Log data typically compresses 5-10x; start there and let the Vec grow up to the cap.
-    let mut out = Vec::with_capacity(input_len.saturating_mul(8).min(cap).max(4096));
+    // Exactly the room granted: the buffer's size is what the budget counts.
+    let mut out = Vec::with_capacity(room);
     let mut chunk = vec![0u8; 16 * 1024];
     loop {
-        let n = reader.read(&mut chunk).map_err(corrupt)?;
+        let mut n = reader.read(&mut chunk).map_err(corrupt)?;
         if n == 0 {
             // The zstd decoder can report the end of a frame before it notices that the
             // frame is corrupt (its content size does not match, say); a second read
             // brings the error out, so the outcome never depends on the cap.
-            match reader.read(&mut chunk).map_err(corrupt)? {
-                0 => return Ok(out),
-                more => {
-                    if out.len() + more > cap {
-                        return Err(DecompressError::TooLarge(cap));
-                    }
-                    out.extend_from_slice(&chunk[..more]);
-                    continue;
-                }
+            n = reader.read(&mut chunk).map_err(corrupt)?;
+            if n == 0 {
+                return Ok(Within::Done(out));
             }
         }
-        if out.len() + n > cap {
+        let len = out.len() + n;
+        if len > cap {
             return Err(DecompressError::TooLarge(cap));
+        }
+        if len > out.capacity() {
+            let to = out.capacity().saturating_mul(2).max(len).min(cap);
+            if !grow(to) {
+                return Ok(Within::OutOfRoom(to));
+            }
+            out.reserve_exact(to - out.len());
         }
         out.extend_from_slice(&chunk[..n]);
     }

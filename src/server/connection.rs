@@ -3,9 +3,10 @@
 
 use super::handoff::Handoff;
 use super::handshake::Security;
+use super::intake_memory::{Grant, IntakeMemory, READ_FLOOR};
 use super::order::{tag_hash, Member, Order};
 use super::socket::{ClientSocket, ReadHook};
-use crate::batch::{build_batch, BatchLimits};
+use crate::batch::{build_expanded, BatchLimits};
 use crate::buffer::spool::SpoolError;
 use crate::buffer::{BufferError, Intake, Receipt, Submission};
 use crate::dedup::Dedup;
@@ -13,7 +14,9 @@ use crate::forward::ack::{encode_ack, encode_json_ack};
 use crate::forward::compression::DecompressError;
 use crate::forward::json::{json_to_msgpack, starts_json, JsonError, JsonScanner};
 use crate::forward::msgpack::Cursor;
-use crate::forward::{decode_request, Limits, RequestError, ScanError, Scanner};
+use crate::forward::{
+    decode_request, Compression, Entries, Limits, RequestError, ScanError, Scanner,
+};
 use crate::metrics::Counters;
 use crate::publish::json::write_value;
 use crate::route::Router;
@@ -34,6 +37,8 @@ pub struct Shared {
     pub batch_limits: BatchLimits,
     /// Where requests go on their way to the publisher.
     pub intake: Intake,
+    /// What read buffers and decompressions may hold (`limits.intake_memory_bytes`).
+    pub memory: IntakeMemory,
     pub counters: Arc<Counters>,
     /// Chunk ids accepted recently, to ack resends without publishing them twice.
     pub dedup: Option<Dedup>,
@@ -120,8 +125,46 @@ impl ConnectionError {
 /// take few reads.
 const IDLE_READ: usize = 4 * 1024;
 const BUSY_READ: usize = 64 * 1024;
-/// The most room made at once for the declared rest of a large request.
-const RESERVE_AHEAD: usize = 1 << 20;
+
+/// Makes room in a connection's read buffer, under the intake budget.
+struct Room<'a> {
+    grant: &'a mut Grant,
+    memory: &'a IntakeMemory,
+}
+
+impl Room<'_> {
+    /// Makes room in `buf` for the next read of a request in progress that is known to
+    /// lack `needed` more bytes (0: not known), and returns the room and how much the
+    /// read may take. A client earns room by sending: at most as much again as it has
+    /// sent of the request (and at least [`BUSY_READ`]), so one that declares a large
+    /// request and trickles its bytes holds little. A buffer above [`READ_FLOOR`] waits
+    /// for room in the budget first.
+    async fn make(self, buf: &mut BytesMut, needed: usize) -> (usize, usize) {
+        let (want, limit) = if needed >= BUSY_READ {
+            // A large declared value (a PackedForward stream): room for it and a little
+            // more, and a read that stops there. Bytes read past the request's end are
+            // copied into the next request's buffer; reading to the edge of a large
+            // buffer made that tail as large as the read, and the copy cost a byte for
+            // every byte received.
+            (needed + IDLE_READ, needed + IDLE_READ)
+        } else {
+            (BUSY_READ, usize::MAX)
+        };
+        let room = want.min(buf.len().max(BUSY_READ));
+        if buf.capacity() - buf.len() < room {
+            let size = buf.len() + room;
+            if size > READ_FLOOR {
+                self.memory.raise(self.grant, size - READ_FLOOR).await;
+            }
+            // Exactly this size (growing in place would double it, past what the
+            // budget granted); the copy is what growing costs anyway.
+            let mut bigger = BytesMut::with_capacity(size);
+            bigger.extend_from_slice(buf);
+            *buf = bigger;
+        }
+        (room, limit.min(room))
+    }
+}
 
 /// Who a new connection is, and the places it holds.
 pub struct Origin {
@@ -171,6 +214,7 @@ where
         identity,
         shared,
         buf: BytesMut::new(),
+        grant: Grant::default(),
         region_alloc: 0,
         framing: Framing::Unknown,
     };
@@ -221,6 +265,8 @@ struct Connection<S> {
     identity: Arc<str>,
     shared: Arc<Shared>,
     buf: BytesMut,
+    /// The intake budget `buf` holds above [`READ_FLOOR`].
+    grant: Grant,
     /// The bytes of the allocation the region being handled was read into (its part of
     /// the read buffer): a small request is copied out of a large one before it is held.
     region_alloc: usize,
@@ -277,6 +323,7 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
                 // Thousands of idle Docker connections are common: hold no read buffer
                 // while waiting for the next request.
                 self.buf = BytesMut::new();
+                self.grant = Grant::default();
                 self.shared.idle_timeout.map(|t| (last_read + t, true))
             } else {
                 let started = *request_started.get_or_insert(last_read);
@@ -291,7 +338,11 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
                 _ => 0,
             };
             let member = self.member.as_ref();
-            let read = read_when_ready(&mut self.stream, &mut self.buf, needed, member);
+            let room = Room {
+                grant: &mut self.grant,
+                memory: &self.shared.memory,
+            };
+            let read = read_when_ready(&mut self.stream, &mut self.buf, room, needed, member);
             let (n, stamp) = tokio::select! {
                 r = read => r.inspect_err(|_| {
                     if let Some(m) = &self.member {
@@ -341,8 +392,17 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
             if let Some(frame) = self.next_frame()? {
                 break frame;
             }
-            self.buf.reserve(IDLE_READ);
-            if self.stream.read_buf(&mut self.buf).await? == 0 {
+            let needed = match &self.framing {
+                Framing::Msgpack(scanner) => scanner.awaiting().saturating_sub(self.buf.len()),
+                _ => 0,
+            };
+            let room = Room {
+                grant: &mut self.grant,
+                memory: &self.shared.memory,
+            };
+            let (room, limit) = room.make(&mut self.buf, needed).await;
+            let mut limited = (&mut self.stream).take(limit as u64);
+            if room == 0 || limited.read_buf(&mut self.buf).await? == 0 {
                 return Err(ConnectionError::Handshake("closed before PING".into()));
             }
         };
@@ -400,7 +460,8 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
             while let Some(frame) = self.next_frame()? {
                 let len = frame.len();
                 self.region_alloc = len;
-                self.handle_region(frame, &[len], true, false).await?;
+                self.handle_region(frame, &[len], true, false, Grant::default())
+                    .await?;
                 any = true;
                 if one_request {
                     break;
@@ -432,14 +493,22 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
         if at > 0 {
             self.region_alloc = self.buf.capacity();
             let region = self.buf.split_to(at).freeze();
+            // The budget the buffer held goes with the requests read into it, until the
+            // buffer layer has them.
+            let grant = std::mem::take(&mut self.grant);
             if self.buf.is_empty() {
                 // Nothing of the next request yet: give the rest of the buffer back now,
                 // not after these requests are handed over (which may wait).
                 self.buf = BytesMut::new();
+            } else if grant.bytes() > 0 {
+                // The start of the next request would keep the whole large allocation
+                // alive once the requests are gone, outside the budget: copy it out.
+                self.buf = BytesMut::from(&self.buf[..]);
             }
             self.region_key = self.head_key.unwrap_or(self.last_arrival);
             self.next_head();
-            self.handle_region(region, &ends, false, true).await?;
+            self.handle_region(region, &ends, false, true, grant)
+                .await?;
         }
         // Requests before a malformed one are handled (and acked) before it closes the
         // connection.
@@ -451,15 +520,17 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
     /// events to the buffer and writes their acks. A request that cannot be decoded
     /// ends the connection after the ones before it are handed off. `last`: no other
     /// complete request was read (so others of this client may go once these are
-    /// handed over).
+    /// handed over). `grant`: the budget the region's buffer holds.
     async fn handle_region(
         &mut self,
         region: Bytes,
         ends: &[usize],
         json: bool,
         last: bool,
+        grant: Grant,
     ) -> Result<(), ConnectionError> {
         let mut handoff = Handoff::new(self.shared.intake.keeps_frames());
+        handoff.memory.merge(grant);
         let mut at = 0;
         for &end in ends {
             if let Err(e) = self.handle(&region, at..end, json, &mut handoff).await {
@@ -548,13 +619,29 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
             // Metrics and traces carry cmetrics/ctraces payloads, not log records.
             counters.signal_requests.fetch_add(1, Ordering::Relaxed);
         } else {
-            let (batch, invalid) = build_batch(
+            let plain = match &request.entries {
+                Entries::Packed(range) if request.options.compressed != Compression::None => {
+                    let (plain, grant) = shared
+                        .memory
+                        .decompress(
+                            request.options.compressed,
+                            &frame[range.clone()],
+                            shared.batch_limits.max_decompressed,
+                        )
+                        .await?;
+                    handoff.memory.merge(grant);
+                    Some(plain)
+                }
+                _ => None,
+            };
+            let (batch, invalid) = build_expanded(
                 frame.clone(),
+                plain,
                 &request,
                 &shared.router,
                 shared.batch_limits,
                 &self.peer,
-            )?;
+            );
             if let Some(first) = invalid.first {
                 counters
                     .events_invalid
@@ -607,6 +694,8 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
                     .map_err(buffer_error)?,
             );
         }
+        // The buffer layer holds them now, under its own budget.
+        handoff.memory = Grant::default();
         // Their place is taken: what is written meanwhile (the spool's sync) need not
         // hold the client's other connections back.
         if last {
@@ -654,6 +743,7 @@ fn now_ns() -> u64 {
 async fn read_when_ready<S>(
     stream: &mut S,
     buf: &mut BytesMut,
+    room: Room<'_>,
     needed: usize,
     member: Option<&Member>,
 ) -> std::io::Result<(usize, Option<u64>)>
@@ -668,15 +758,6 @@ where
         stream.ready_to_read().await?;
         return stream.read_stamped(buf, IDLE_READ, usize::MAX, hook).await;
     }
-    if needed >= BUSY_READ {
-        // A large declared value (a PackedForward stream): room for it and a little
-        // more, and a read that stops there. Bytes read past the request's end are
-        // copied into the next request's buffer; reading to the edge of a large
-        // buffer made that tail as large as the read, and the copy cost a byte for
-        // every byte received. At most RESERVE_AHEAD past what has arrived: a peer
-        // that declares a 16 MiB request and sends nothing more gets no such buffer.
-        let room = (needed + IDLE_READ).min(RESERVE_AHEAD);
-        return stream.read_stamped(buf, room, room, hook).await;
-    }
-    stream.read_stamped(buf, BUSY_READ, usize::MAX, hook).await
+    let (room, limit) = room.make(buf, needed).await;
+    stream.read_stamped(buf, room, limit, hook).await
 }

@@ -32,6 +32,9 @@ pub struct Handoff {
     pub ack_count: u64,
     /// Chunk ids to remember as accepted once their batches are handed off.
     pub chunks: Vec<Bytes>,
+    /// The intake budget the batches' bytes hold (their read buffer, decompressed
+    /// entries) until the buffer layer has them.
+    pub memory: super::intake_memory::Grant,
 }
 
 /// The events of requests handled together, and the requests' bytes when kept.

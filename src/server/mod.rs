@@ -7,6 +7,7 @@ mod handoff;
 mod handshake;
 mod heartbeat;
 mod http;
+mod intake_memory;
 mod listener;
 mod order;
 mod replay;
@@ -156,6 +157,10 @@ pub async fn run(
         },
         batch_limits,
         intake,
+        memory: intake_memory::IntakeMemory::new(
+            usize::try_from(config.limits.intake_memory_bytes).unwrap_or(usize::MAX),
+            counters.clone(),
+        ),
         counters: counters.clone(),
         dedup: Dedup::new(config.input.dedup_window, config.input.dedup_clients),
         join_partial: config.input.join_partial,
