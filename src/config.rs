@@ -432,8 +432,8 @@ pub struct LimitsConfig {
     /// arriving or being expanded: read buffers above 128 KiB per connection, room for
     /// a request's declared rest, and decompressed entries. A connection that finds no
     /// room waits without reading (TCP slows its client). At least
-    /// `input.max_frame_size` + `input.max_decompressed_size`, so that any one request
-    /// fits. Default 128 MiB; 0: no budget.
+    /// `input.max_frame_size` + `input.max_decompressed_size` + 8 MiB (zstd's window),
+    /// so that any one request fits. Default 128 MiB; 0: no budget.
     pub intake_memory_bytes: u64,
 }
 
@@ -601,12 +601,13 @@ impl Config {
             return invalid("input.max_decompressed_size must be above 0".into());
         }
         let one_request = (self.input.max_frame_size as u64)
-            .saturating_add(self.input.max_decompressed_size as u64);
+            .saturating_add(self.input.max_decompressed_size as u64)
+            .saturating_add(crate::forward::compression::ZSTD_WINDOW as u64);
         if self.limits.intake_memory_bytes != 0 && self.limits.intake_memory_bytes < one_request {
             return invalid(format!(
                 "limits.intake_memory_bytes ({}) must be 0 (no budget) or at least \
-                 input.max_frame_size + input.max_decompressed_size ({one_request}), so that \
-                 the largest request fits",
+                 input.max_frame_size + input.max_decompressed_size + 8 MiB (zstd's window) \
+                 = {one_request}, so that the largest request fits",
                 self.limits.intake_memory_bytes
             ));
         }
@@ -765,6 +766,19 @@ mod tests {
         // The example documents the defaults: loading it changes nothing but the
         // fields `finalize` fills in.
         assert_eq!(parsed, Config::default().finalize().unwrap());
+    }
+
+    #[test]
+    fn the_intake_budget_must_hold_the_largest_request() {
+        let mut c = Config::default();
+        c.input.max_frame_size = 1 << 20;
+        c.input.max_decompressed_size = 1 << 20;
+        c.limits.intake_memory_bytes = (10 << 20) - 1;
+        assert!(c.clone().finalize().is_err());
+        c.limits.intake_memory_bytes = 10 << 20;
+        assert!(c.clone().finalize().is_ok());
+        c.limits.intake_memory_bytes = 0;
+        assert!(c.finalize().is_ok(), "0 turns the budget off");
     }
 
     #[test]

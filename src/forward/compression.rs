@@ -16,6 +16,12 @@ pub enum DecompressError {
     },
 }
 
+/// The largest zstd window accepted (log2 of its bytes): 8 MiB, what zstd's levels up
+/// to 19 use (Fluent Bit and Fluentd compress at level 3, with 2 MiB windows). A
+/// frame that declares more is corrupt here.
+pub const ZSTD_WINDOW_LOG: u32 = 23;
+pub const ZSTD_WINDOW: usize = 1 << ZSTD_WINDOW_LOG;
+
 /// How a decompression under a memory budget ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Within {
@@ -76,15 +82,14 @@ pub fn decompress_within(
             grow,
         ),
         Compression::Zstd => {
-            // The decoder's window (as large as the frame declares, up to zstd's
-            // default maximum of 128 MiB) is touched only as output is written, so
-            // it costs at most as much as the output again.
-            let decoder = zstd::stream::read::Decoder::with_buffer(input).map_err(|source| {
-                DecompressError::Corrupt {
-                    codec: "zstd",
-                    source,
-                }
-            })?;
+            let corrupt = |source| DecompressError::Corrupt {
+                codec: "zstd",
+                source,
+            };
+            let mut decoder = zstd::stream::read::Decoder::with_buffer(input).map_err(corrupt)?;
+            // The decoder keeps a window of what it wrote, as large as the frame
+            // declares: bounded, so that what it holds beside the output is too.
+            decoder.window_log_max(ZSTD_WINDOW_LOG).map_err(corrupt)?;
             read_capped(decoder, "zstd", cap, room, grow)
         }
     }

@@ -126,10 +126,16 @@ impl ConnectionError {
 const IDLE_READ: usize = 4 * 1024;
 const BUSY_READ: usize = 64 * 1024;
 
+/// How often a connection waiting for room in the budget looks whether its client
+/// has gone.
+const HANG_UP_CHECK: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Makes room in a connection's read buffer, under the intake budget.
 struct Room<'a> {
     grant: &'a mut Grant,
     memory: &'a IntakeMemory,
+    /// The connection's socket, to notice a client that leaves while it waits.
+    fd: std::os::fd::RawFd,
 }
 
 impl Room<'_> {
@@ -138,8 +144,8 @@ impl Room<'_> {
     /// read may take. A client earns room by sending: at most as much again as it has
     /// sent of the request (and at least [`BUSY_READ`]), so one that declares a large
     /// request and trickles its bytes holds little. A buffer above [`READ_FLOOR`] waits
-    /// for room in the budget first.
-    async fn make(self, buf: &mut BytesMut, needed: usize) -> (usize, usize) {
+    /// for room in the budget first; a client that closes meanwhile ends the wait.
+    async fn make(self, buf: &mut BytesMut, needed: usize) -> std::io::Result<(usize, usize)> {
         let (want, limit) = if needed >= BUSY_READ {
             // A large declared value (a PackedForward stream): room for it and a little
             // more, and a read that stops there. Bytes read past the request's end are
@@ -154,7 +160,23 @@ impl Room<'_> {
         if buf.capacity() - buf.len() < room {
             let size = buf.len() + room;
             if size > READ_FLOOR {
-                self.memory.raise(self.grant, size - READ_FLOOR).await;
+                let raise = self.memory.raise(self.grant, size - READ_FLOOR);
+                tokio::pin!(raise);
+                loop {
+                    tokio::select! {
+                        () = &mut raise => break,
+                        () = tokio::time::sleep(HANG_UP_CHECK) => {
+                            if super::socket::hung_up(self.fd) {
+                                // Its request can never be completed: let its room go.
+                                return Err(std::io::Error::new(
+                                    std::io::ErrorKind::UnexpectedEof,
+                                    "the client closed the connection while its request \
+                                     waited for room in limits.intake_memory_bytes",
+                                ));
+                            }
+                        }
+                    }
+                }
             }
             // Exactly this size (growing in place would double it, past what the
             // budget granted); the copy is what growing costs anyway.
@@ -162,7 +184,7 @@ impl Room<'_> {
             bigger.extend_from_slice(buf);
             *buf = bigger;
         }
-        (room, limit.min(room))
+        Ok((room, limit.min(room)))
     }
 }
 
@@ -341,6 +363,7 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
             let room = Room {
                 grant: &mut self.grant,
                 memory: &self.shared.memory,
+                fd: self.stream.socket_fd(),
             };
             let read = read_when_ready(&mut self.stream, &mut self.buf, room, needed, member);
             let (n, stamp) = tokio::select! {
@@ -399,8 +422,9 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
             let room = Room {
                 grant: &mut self.grant,
                 memory: &self.shared.memory,
+                fd: self.stream.socket_fd(),
             };
-            let (room, limit) = room.make(&mut self.buf, needed).await;
+            let (room, limit) = room.make(&mut self.buf, needed).await?;
             let mut limited = (&mut self.stream).take(limit as u64);
             if room == 0 || limited.read_buf(&mut self.buf).await? == 0 {
                 return Err(ConnectionError::Handshake("closed before PING".into()));
@@ -758,6 +782,6 @@ where
         stream.ready_to_read().await?;
         return stream.read_stamped(buf, IDLE_READ, usize::MAX, hook).await;
     }
-    let (room, limit) = room.make(buf, needed).await;
+    let (room, limit) = room.make(buf, needed).await?;
     stream.read_stamped(buf, room, limit, hook).await
 }

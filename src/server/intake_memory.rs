@@ -183,21 +183,23 @@ impl IntakeMemory {
         input: &[u8],
         cap: usize,
     ) -> Result<(Vec<u8>, Grant), DecompressError> {
-        // zstd's decoder keeps a window of its output beside ours: count it too.
-        let share = match codec {
-            Compression::Zstd => 2,
-            _ => 1,
+        // zstd's decoder keeps a window of its output beside ours, touched as output
+        // is written: count it too.
+        let need = |room: usize| match codec {
+            Compression::Zstd => room + room.min(compression::ZSTD_WINDOW),
+            _ => room,
         };
         let mut room = compression::first_room(input.len(), cap);
         loop {
             let mut grant = Grant::default();
-            self.raise(&mut grant, room * share).await;
+            self.raise(&mut grant, need(room)).await;
             let outcome = compression::decompress_within(codec, input, cap, room, &mut |to| {
-                self.try_raise(&mut grant, to * share)
+                self.try_raise(&mut grant, need(to))
             })?;
             match outcome {
                 Within::Done(out) => {
-                    grant.shrink_to(out.capacity() * share);
+                    // The decoder and its window are gone.
+                    grant.shrink_to(out.capacity());
                     return Ok((out, grant));
                 }
                 Within::OutOfRoom(to) => {

@@ -110,6 +110,13 @@ impl View {
         let read_through = self.read_through.load(Ordering::SeqCst);
         let pending = self.pending.load(Ordering::SeqCst);
         let pending_tag = self.pending_tag.load(Ordering::SeqCst);
+        if pending != NONE && stalled(pending) {
+            // Its request began more than MAX_WAIT ago and is still not whole (a slow
+            // sender, or one waiting for room in the intake budget): as a wait for it
+            // would give up after MAX_WAIT, it holds nothing back, nor does what may
+            // follow it on its connection.
+            return false;
+        }
         let earlier = pending < key || (pending == key && pending != NONE && self.id < id);
         if earlier && (pending_tag == 0 || pending_tag == tag) {
             return true;
@@ -119,6 +126,15 @@ impl View {
         }
         reading || unread
     }
+}
+
+/// True when a request whose first byte arrived at `key` (ns since the epoch) began
+/// more than [`MAX_WAIT`] ago.
+fn stalled(key: u64) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    u128::from(key) + MAX_WAIT.as_nanos() < now
 }
 
 /// A tag's hash for [`View::pending_tag`] (FNV-1a; never 0). A collision only makes a
@@ -416,6 +432,14 @@ fn unread_bytes(fd: RawFd) -> usize {
 mod tests {
     use super::*;
 
+    /// Now, in ns since the epoch: the keys of requests that are arriving now.
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    }
+
     #[tokio::test]
     async fn alone_in_its_domain_nobody_waits() {
         let order = Arc::new(Order::default());
@@ -437,6 +461,7 @@ mod tests {
     async fn a_later_request_waits_for_an_earlier_one_on_another_connection() {
         let order = Arc::new(Order::default());
         let id: Arc<str> = "10.0.0.1".into();
+        let t = now();
         let mut early = order.join(&id, -1);
         let mut late = order.join(&id, -1);
         // Both carried "app" before.
@@ -445,16 +470,16 @@ mod tests {
         // The early request began at 100 and is not handed over yet (its tag is not
         // known: it may be "app"); the late one (began at 200) must wait for it.
         early.reading();
-        early.read(100, Some((100, 0)));
+        early.read(t + 100, Some((t + 100, 0)));
         late.reading();
-        late.read(200, Some((200, tag_hash(b"app"))));
+        late.read(t + 200, Some((t + 200, tag_hash(b"app"))));
         let waiting = tokio::spawn(async move {
-            late.turn(b"app", 200).await;
+            late.turn(b"app", t + 200).await;
             late
         });
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
-        early.turn(b"app", 100).await;
+        early.turn(b"app", t + 100).await;
         early.handed_over(None);
         let late = waiting.await.unwrap();
         late.handed_over(None);
@@ -469,15 +494,35 @@ mod tests {
     async fn a_begun_request_of_another_tag_does_not_hold_back() {
         let order = Arc::new(Order::default());
         let id: Arc<str> = "10.0.0.1".into();
+        let t = now();
         let mut slow = order.join(&id, -1);
         let mut quick = order.join(&id, -1);
         slow.turn(b"app", 0).await;
         quick.turn(b"app", 0).await;
         // A request of tag "other" began at 100 and is still arriving.
-        slow.read(100, Some((100, tag_hash(b"other"))));
-        quick.read(200, Some((200, tag_hash(b"app"))));
-        quick.turn(b"app", 200).await;
+        slow.read(t + 100, Some((t + 100, tag_hash(b"other"))));
+        quick.read(t + 200, Some((t + 200, tag_hash(b"app"))));
+        quick.turn(b"app", t + 200).await;
         quick.handed_over(None);
+        assert_eq!(order.counters.order_waits.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_request_begun_long_ago_and_still_arriving_holds_nothing_back() {
+        let order = Arc::new(Order::default());
+        let id: Arc<str> = "10.0.0.1".into();
+        let t = now();
+        let mut slow = order.join(&id, -1);
+        let mut quick = order.join(&id, -1);
+        slow.turn(b"app", 0).await;
+        quick.turn(b"app", 0).await;
+        // Its first byte came two seconds ago, and it is still being read.
+        let long_ago = t - 2_000_000_000;
+        slow.reading();
+        slow.read(long_ago, Some((long_ago, tag_hash(b"app"))));
+        slow.reading();
+        quick.read(t, Some((t, tag_hash(b"app"))));
+        quick.turn(b"app", t).await;
         assert_eq!(order.counters.order_waits.load(Ordering::Relaxed), 0);
     }
 

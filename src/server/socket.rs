@@ -30,6 +30,9 @@ pub trait ClientSocket {
     /// Waits until a read will not block, without a buffer.
     fn ready_to_read(&self) -> impl Future<Output = io::Result<()>> + Send;
 
+    /// The descriptor of the socket underneath (for [`hung_up`]).
+    fn socket_fd(&self) -> RawFd;
+
     /// Makes room for `room` bytes in `buf` and reads at most `limit` bytes into it,
     /// telling `hook` around the system call. Returns the count and the arrival time of
     /// the newest byte read (nanoseconds since the Unix epoch), where the kernel gives
@@ -47,6 +50,10 @@ pub trait ClientSocket {
 impl ClientSocket for tokio::net::TcpStream {
     async fn ready_to_read(&self) -> io::Result<()> {
         self.readable().await
+    }
+
+    fn socket_fd(&self) -> RawFd {
+        self.as_raw_fd()
     }
 
     async fn read_stamped(
@@ -98,6 +105,10 @@ impl ClientSocket for tokio::net::UnixStream {
         self.readable().await
     }
 
+    fn socket_fd(&self) -> RawFd {
+        self.as_raw_fd()
+    }
+
     /// The hook is not told: the read may wait inside for the socket, and a
     /// connection marked as reading while it waits would hold its client's others
     /// back. They see its unread bytes in the kernel instead.
@@ -116,6 +127,10 @@ impl ClientSocket for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
     /// TLS may hold decrypted bytes already read from the socket: read at once.
     async fn ready_to_read(&self) -> io::Result<()> {
         Ok(())
+    }
+
+    fn socket_fd(&self) -> RawFd {
+        self.get_ref().0.as_raw_fd()
     }
 
     /// The TLS layer waits for the socket inside the read, so the hook is not told:
@@ -141,6 +156,20 @@ async fn read_unstamped<S: AsyncRead + Unpin>(
     buf.reserve(room);
     let n = stream.read_buf(&mut (&mut *buf).limit(limit)).await?;
     Ok((n, None))
+}
+
+/// True when the peer of socket `fd` has closed its side (or the connection failed),
+/// asked without reading: bytes it sent before may still wait unread.
+pub fn hung_up(fd: RawFd) -> bool {
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call, which does not block
+    // (timeout 0); `fd` is the caller's open socket.
+    let n = unsafe { libc::poll(&mut poll, 1, 0) };
+    n > 0 && poll.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
 }
 
 /// Asks the kernel to stamp what a TCP socket receives (`SO_TIMESTAMPNS`).
