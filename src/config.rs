@@ -252,7 +252,14 @@ pub struct OutputConfig {
     pub zmq_bind: Vec<String>,
     /// Endpoints the PUB socket connects to, like the reference driver. ZeroMQ dials in
     /// the background and re-dials by itself; an absent peer does not delay start-up.
+    /// A host name (`tcp://collectors:6362`) is connected at every address it resolves
+    /// to, and resolved again every `resolve_interval_ms`.
     pub zmq_connect: Vec<String>,
+    /// How often the host names of `zmq_connect` are resolved again, in ms: addresses
+    /// that appear (a collector added to a Kubernetes headless Service or Swarm's
+    /// `tasks.<service>`) are connected, and those that go are let go. Default 5000.
+    /// 0: names are given to libzmq as written, which connects to one address.
+    pub resolve_interval_ms: u64,
     /// Bytes appended to the tenant frame, so that a subscription to
     /// `tenant + topic_suffix` matches one tenant exactly (ZeroMQ matches prefixes).
     /// Default empty: the tenant frame is the bare tenant, as the reference driver.
@@ -289,6 +296,7 @@ impl Default for OutputConfig {
             format: Format::Seed,
             zmq_bind: Vec::new(),
             zmq_connect: Vec::new(),
+            resolve_interval_ms: 5000,
             topic_suffix: String::new(),
             send_hwm: 100_000,
             batch_hwm_bytes: 64 << 20,

@@ -74,6 +74,8 @@ pub struct Counters {
     /// Gauge: ZeroMQ peers connected to the PUB socket (subscribers that connected to a
     /// bound endpoint, and connect endpoints whose peer is up).
     pub zmq_peers: AtomicU64,
+    /// Gauge: addresses the `zmq_connect` host names resolved to, connected now.
+    pub zmq_connect_addresses: AtomicU64,
     /// Gauges: bytes of the intake memory budget (`limits.intake_memory_bytes`) held by
     /// read buffers and decompressions, and the budget itself (0: none).
     pub intake_memory_bytes: AtomicU64,
@@ -321,6 +323,12 @@ pub fn render(c: &Counters, tenants: &TenantCounts, rate_limited: &TenantCounts)
         get(&c.zmq_peers),
     );
     metric(
+        "fwdgate_zmq_connect_addresses",
+        "gauge",
+        "Addresses the zmq_connect host names resolve to, connected now.",
+        get(&c.zmq_connect_addresses),
+    );
+    metric(
         "fwdgate_intake_memory_bytes",
         "gauge",
         "Bytes of the intake memory budget held by read buffers and decompressions.",
@@ -448,7 +456,7 @@ mod tests {
         let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
         let helps = text.lines().filter(|l| l.starts_with("# HELP")).count();
         assert_eq!(types, helps);
-        assert_eq!(types, 32);
+        assert_eq!(types, 33);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! takes requests' routed events from the buffer and sends each event (or, in the
 //! `batch` format, each group of events) in the configured format.
 
+mod endpoints;
 pub mod format;
 mod forward_body;
 mod groups;
@@ -110,17 +111,28 @@ impl Publisher {
                 .unwrap_or_else(|| endpoint.clone());
             bound.push(actual);
         }
+        // Host names are resolved here, to every address, again and again; the rest
+        // (and every endpoint with `resolve_interval_ms = 0`) is left to libzmq.
+        let interval = Duration::from_millis(output.resolve_interval_ms);
+        let mut named = Vec::new();
         for endpoint in &output.zmq_connect {
-            socket
-                .connect(endpoint)
-                .map_err(|source| PublishError::Connect {
-                    endpoint: endpoint.clone(),
-                    source,
-                })?;
+            match endpoints::Target::parse(endpoint) {
+                target @ endpoints::Target::Named { .. } if !interval.is_zero() => {
+                    named.push(target)
+                }
+                _ => socket
+                    .connect(endpoint)
+                    .map_err(|source| PublishError::Connect {
+                        endpoint: endpoint.clone(),
+                        source,
+                    })?,
+            }
         }
+        let dialer = endpoints::Dialer::start(named, interval, counters.clone());
         let worker = Worker {
             ctx,
             socket,
+            dialer,
             outlet,
             joiner: join.map(|(limits, router)| (Joiner::new(limits), router)),
             encoder: Encoder::new(output, route)

@@ -39,6 +39,8 @@ const SUB_CHECK: Duration = Duration::from_millis(10);
 pub struct Worker {
     pub ctx: zmq::Context,
     pub socket: zmq::Socket,
+    /// The addresses of `zmq_connect` host names, connected and let go as they change.
+    pub dialer: super::endpoints::Dialer,
     pub outlet: Outlet,
     /// Docker's split lines being joined (`input.join_partial`), with the rules that
     /// route a joined line.
@@ -102,6 +104,7 @@ impl Worker {
         let mut naps = 0;
         loop {
             self.outlet.maintain();
+            self.dialer.apply(&self.socket);
             let delivery = match held.take() {
                 Some(d) => d,
                 None => match self.next(&mut naps) {
@@ -197,6 +200,8 @@ impl Worker {
         let mut give_up_at = None;
         loop {
             self.outlet.maintain();
+            // Collectors that appear under a name are what this wait may be for.
+            self.dialer.apply(&self.socket);
             if self.outlet.must_drop() {
                 // The held request is the oldest of all.
                 self.outlet.drop_oldest(delivery);
