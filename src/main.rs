@@ -65,7 +65,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Run(_)) | None => {
-            let config = cli.gateway_args().load()?;
+            let args = cli.gateway_args().clone();
+            let config = args.load()?;
             let log_file = init_logging(&config)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -73,11 +74,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()
                 .context("cannot start the async runtime")?;
             runtime.block_on(async move {
-                reopen_on_sighup(log_file)?;
+                let reloads = on_sighup(log_file, args)?;
                 // The handlers are installed before the gateway reports ready, so a
                 // SIGTERM sent right after "fwdgate ready" drains instead of killing.
                 let shutdown = shutdown_signal()?;
-                fwdgate::server::run(config, shutdown).await?;
+                fwdgate::server::run(config, shutdown, reloads).await?;
                 Ok(())
             })
         }
@@ -151,10 +152,17 @@ fn init_logging(config: &Config) -> anyhow::Result<Option<LogFile>> {
     Ok(Some(file))
 }
 
-/// SIGHUP reopens the log file (and no longer ends the process, its default action).
-fn reopen_on_sighup(log_file: Option<LogFile>) -> anyhow::Result<()> {
+/// SIGHUP reopens the log file (for logrotate) and loads the configuration again (file,
+/// variables and flags, as at start), which the gateway applies as far as it can while
+/// running (and SIGHUP no longer ends the process, its default action). Returns where
+/// the loaded configurations go.
+fn on_sighup(
+    log_file: Option<LogFile>,
+    args: fwdgate::cli::GatewayArgs,
+) -> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<Config>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             match &log_file {
@@ -164,9 +172,20 @@ fn reopen_on_sighup(log_file: Option<LogFile>) -> anyhow::Result<()> {
                 },
                 None => tracing::info!("SIGHUP: logging to standard error, nothing to reopen"),
             }
+            match args.load() {
+                Ok(config) => {
+                    if tx.send(config).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::error!(
+                    error = %error_chain(&e),
+                    "SIGHUP: configuration not reloaded; the gateway goes on as it was"
+                ),
+            }
         }
     });
-    Ok(())
+    Ok(rx)
 }
 
 /// Installs the SIGTERM and SIGINT handlers now and returns a future that completes on

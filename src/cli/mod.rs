@@ -85,7 +85,7 @@ impl Cli {
 }
 
 /// Options of the gateway; each replaces the file's value when given.
-#[derive(Debug, Args, Default)]
+#[derive(Debug, Clone, Args, Default)]
 pub struct GatewayArgs {
     /// TOML configuration file.
     #[arg(long, env = "FWDGATE_CONFIG", value_name = "FILE")]

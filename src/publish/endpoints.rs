@@ -13,7 +13,7 @@
 use crate::metrics::Counters;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,42 +59,88 @@ fn endpoint(ip: IpAddr, port: u16) -> String {
     }
 }
 
-/// What the publisher thread keeps of the named endpoints: the addresses it is
-/// connected to, and the resolver's news.
+/// What the publisher thread keeps of its connect endpoints: those connected as written,
+/// the addresses its host names resolve to, what it is connected to, and the resolver's
+/// news.
 pub struct Dialer {
+    fixed: BTreeSet<String>,
+    resolved: BTreeSet<String>,
     connected: BTreeSet<String>,
     updates: Option<Receiver<BTreeSet<String>>>,
+    /// Tells the current resolver thread to end (a reload starts another).
+    stop: Arc<AtomicBool>,
     counters: Arc<Counters>,
     ipv6: bool,
 }
 
 impl Dialer {
-    /// Starts resolving the host names among `targets` every `interval`. Nothing is
-    /// connected yet: the first [`Dialer::apply`] does it, with the first answers,
-    /// which are ready before it (start-up waits for one lookup per name).
-    pub fn start(targets: Vec<Target>, interval: Duration, counters: Arc<Counters>) -> Dialer {
+    /// `fixed`: endpoints already connected as written. The host names among `named`
+    /// are resolved every `interval`; nothing of them is connected yet: the first
+    /// [`Dialer::apply`] does it, with the first answers, which are ready before it
+    /// (start-up waits for one lookup per name).
+    pub fn start(
+        fixed: &[String],
+        named: Vec<Target>,
+        interval: Duration,
+        counters: Arc<Counters>,
+    ) -> Dialer {
+        let fixed: BTreeSet<String> = fixed.iter().cloned().collect();
+        let mut dialer = Dialer {
+            connected: fixed.clone(),
+            fixed,
+            resolved: BTreeSet::new(),
+            updates: None,
+            stop: Arc::new(AtomicBool::new(false)),
+            counters,
+            ipv6: false,
+        };
+        dialer.resolve(named, interval);
+        dialer
+    }
+
+    /// Starts a resolver thread for the host names among `targets`, if any, after
+    /// telling the current one to end.
+    fn resolve(&mut self, targets: Vec<Target>, interval: Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.stop = Arc::new(AtomicBool::new(false));
+        self.updates = None;
+        if targets.is_empty() {
+            return;
+        }
         let (tx, rx) = mpsc::channel();
-        let named = targets.iter().any(|t| matches!(t, Target::Named { .. }));
         let mut resolver = Resolver {
             targets,
             failing: BTreeMap::new(),
         };
-        let updates = named.then(|| {
-            let _ = tx.send(resolver.resolve());
-            let spawned = std::thread::Builder::new()
-                .name("fwdgate-resolver".into())
-                .spawn(move || resolver.run(interval, tx));
-            if let Err(e) = spawned {
-                tracing::error!(error = %e, "cannot start the resolver thread: zmq_connect names are resolved once");
-            }
-            rx
-        });
-        Dialer {
-            connected: BTreeSet::new(),
-            updates,
-            counters,
-            ipv6: false,
+        let _ = tx.send(resolver.resolve());
+        let stop = self.stop.clone();
+        let spawned = std::thread::Builder::new()
+            .name("fwdgate-resolver".into())
+            .spawn(move || resolver.run(interval, tx, &stop));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the resolver thread: zmq_connect names are resolved once");
         }
+        self.updates = Some(rx);
+    }
+
+    /// Takes a reloaded configuration's connect endpoints: those written as they are
+    /// are connected or let go now, host names once resolved.
+    pub fn reload(&mut self, socket: &zmq::Socket, endpoints: &[String], interval: Duration) {
+        let mut fixed = BTreeSet::new();
+        let mut named = Vec::new();
+        for endpoint in endpoints {
+            match Target::parse(endpoint) {
+                target @ Target::Named { .. } if !interval.is_zero() => named.push(target),
+                _ => {
+                    fixed.insert(endpoint.clone());
+                }
+            }
+        }
+        self.fixed = fixed;
+        self.resolved.clear();
+        self.resolve(named, interval);
+        self.apply(socket);
+        self.reconcile(socket);
     }
 
     /// Connects to the endpoints the names gained and lets go of those they lost, if
@@ -114,13 +160,19 @@ impl Dialer {
                 }
             }
         }
-        let Some(wanted) = latest else {
-            return;
-        };
+        if let Some(resolved) = latest {
+            self.resolved = resolved;
+            self.reconcile(socket);
+        }
+    }
+
+    /// Connects what is wanted and not connected, disconnects the rest.
+    fn reconcile(&mut self, socket: &zmq::Socket) {
+        let wanted: BTreeSet<String> = self.fixed.union(&self.resolved).cloned().collect();
         for gone in self.connected.difference(&wanted) {
             match socket.disconnect(gone) {
                 Ok(()) => {
-                    tracing::info!(endpoint = %gone, "ZeroMQ collector address gone from its name: disconnected")
+                    tracing::info!(endpoint = %gone, "ZeroMQ endpoint no longer configured or resolved: disconnected")
                 }
                 Err(e) => {
                     tracing::warn!(endpoint = %gone, error = %e, "cannot disconnect ZeroMQ endpoint")
@@ -151,9 +203,16 @@ impl Dialer {
             }
         }
         self.connected = now;
+        let from_names = self.connected.intersection(&self.resolved).count();
         self.counters
             .zmq_connect_addresses
-            .store(self.connected.len() as u64, Ordering::Relaxed);
+            .store(from_names as u64, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Dialer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -166,11 +225,14 @@ struct Resolver {
 
 impl Resolver {
     /// Resolves every `interval` and sends the set of endpoints when it changed; ends
-    /// when the publisher thread is gone.
-    fn run(mut self, interval: Duration, updates: Sender<BTreeSet<String>>) {
+    /// when told to, or when the publisher thread is gone.
+    fn run(mut self, interval: Duration, updates: Sender<BTreeSet<String>>, stop: &AtomicBool) {
         let mut last: Option<BTreeSet<String>> = None;
         loop {
             std::thread::sleep(interval);
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
             let now = self.resolve();
             if last.as_ref() == Some(&now) {
                 continue;

@@ -76,6 +76,12 @@ impl Encoder {
         }
     }
 
+    /// Takes a reloaded configuration's default tenant and service.
+    pub fn set_route_defaults(&mut self, route: &RouteConfig) {
+        self.default_tenant = route.default_tenant.as_bytes().to_vec();
+        self.default_service = route.default_service.as_bytes().to_vec();
+    }
+
     pub fn format(&self) -> Format {
         self.format
     }

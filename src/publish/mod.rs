@@ -16,6 +16,7 @@ use crate::config::{Format, OutputConfig, RouteConfig, SlowSubscriber};
 use crate::metrics::{Counters, TenantCounts};
 use crate::partial::{JoinLimits, Joiner};
 use crate::route::Router;
+use arc_swap::ArcSwap;
 use format::Encoder;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +57,18 @@ pub struct Publisher {
     /// Bound endpoints as ZeroMQ reports them (with the port actually bound).
     pub bound: Vec<String>,
     pub connected: Vec<String>,
+    reloads: std::sync::mpsc::Sender<Reload>,
+}
+
+/// What a SIGHUP may change in the publisher: the routes' defaults (the tenant and
+/// service of records without one), the per-tenant rate limit, and the endpoints.
+pub struct Reload {
+    pub route: RouteConfig,
+    pub events_per_second: u64,
+    pub burst: u64,
+    pub zmq_bind: Vec<String>,
+    pub zmq_connect: Vec<String>,
+    pub resolve_interval: Duration,
 }
 
 impl Publisher {
@@ -72,7 +85,7 @@ impl Publisher {
         tenants: Arc<TenantCounts>,
         limits: TenantLimits,
         outlet: Outlet,
-        join: Option<(JoinLimits, Router)>,
+        join: Option<(JoinLimits, Arc<ArcSwap<Router>>)>,
     ) -> Result<Publisher, PublishError> {
         let ctx = zmq::Context::new();
         // XPUB rather than PUB: the same publications, plus the subscription messages
@@ -99,6 +112,7 @@ impl Publisher {
         // subscriber or collector is there.
         monitor::start(&ctx, &socket, counters.clone())?;
         let mut bound = Vec::new();
+        let mut binds = Vec::new();
         for endpoint in &output.zmq_bind {
             socket.bind(endpoint).map_err(|source| PublishError::Bind {
                 endpoint: endpoint.clone(),
@@ -109,29 +123,37 @@ impl Publisher {
                 .ok()
                 .and_then(Result::ok)
                 .unwrap_or_else(|| endpoint.clone());
+            binds.push((endpoint.clone(), actual.clone()));
             bound.push(actual);
         }
         // Host names are resolved here, to every address, again and again; the rest
         // (and every endpoint with `resolve_interval_ms = 0`) is left to libzmq.
         let interval = Duration::from_millis(output.resolve_interval_ms);
         let mut named = Vec::new();
+        let mut fixed = Vec::new();
         for endpoint in &output.zmq_connect {
             match endpoints::Target::parse(endpoint) {
                 target @ endpoints::Target::Named { .. } if !interval.is_zero() => {
                     named.push(target)
                 }
-                _ => socket
-                    .connect(endpoint)
-                    .map_err(|source| PublishError::Connect {
-                        endpoint: endpoint.clone(),
-                        source,
-                    })?,
+                _ => {
+                    socket
+                        .connect(endpoint)
+                        .map_err(|source| PublishError::Connect {
+                            endpoint: endpoint.clone(),
+                            source,
+                        })?;
+                    fixed.push(endpoint.clone());
+                }
             }
         }
-        let dialer = endpoints::Dialer::start(named, interval, counters.clone());
+        let dialer = endpoints::Dialer::start(&fixed, named, interval, counters.clone());
+        let (reloads, reload_rx) = std::sync::mpsc::channel();
         let worker = Worker {
             ctx,
             socket,
+            binds,
+            reloads: reload_rx,
             dialer,
             outlet,
             joiner: join.map(|(limits, router)| (Joiner::new(limits), router)),
@@ -154,7 +176,14 @@ impl Publisher {
             thread,
             bound,
             connected: output.zmq_connect.clone(),
+            reloads,
         })
+    }
+
+    /// Where reloaded settings go; the publisher thread applies them between
+    /// publications.
+    pub fn reloads(&self) -> std::sync::mpsc::Sender<Reload> {
+        self.reloads.clone()
     }
 
     /// Waits (blocking) until the thread has sent everything and closed the socket.

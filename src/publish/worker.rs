@@ -12,6 +12,7 @@ use crate::event::RoutedEvents;
 use crate::metrics::{Counters, TenantCounts};
 use crate::partial::{Joined, Joiner};
 use crate::route::Router;
+use arc_swap::ArcSwap;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -39,12 +40,16 @@ const SUB_CHECK: Duration = Duration::from_millis(10);
 pub struct Worker {
     pub ctx: zmq::Context,
     pub socket: zmq::Socket,
+    /// Each `zmq_bind` endpoint as configured, and as bound (its port picked).
+    pub binds: Vec<(String, String)>,
+    /// Settings reloaded on SIGHUP.
+    pub reloads: std::sync::mpsc::Receiver<super::Reload>,
     /// The addresses of `zmq_connect` host names, connected and let go as they change.
     pub dialer: super::endpoints::Dialer,
     pub outlet: Outlet,
     /// Docker's split lines being joined (`input.join_partial`), with the rules that
     /// route a joined line.
-    pub joiner: Option<(Joiner<Mark>, Router)>,
+    pub joiner: Option<(Joiner<Mark>, Arc<ArcSwap<Router>>)>,
     pub encoder: Encoder,
     pub counters: Arc<Counters>,
     pub tenants: Arc<TenantCounts>,
@@ -105,6 +110,7 @@ impl Worker {
         loop {
             self.outlet.maintain();
             self.dialer.apply(&self.socket);
+            self.take_reload();
             let delivery = match held.take() {
                 Some(d) => d,
                 None => match self.next(&mut naps) {
@@ -189,6 +195,59 @@ impl Worker {
         }
     }
 
+    /// Applies a reloaded configuration, if one came. Costs one atomic load otherwise.
+    fn take_reload(&mut self) {
+        let Ok(reload) = self.reloads.try_recv() else {
+            return;
+        };
+        self.encoder.set_route_defaults(&reload.route);
+        self.limiter = TenantLimiter::new(reload.events_per_second, reload.burst);
+        self.rebind(&reload.zmq_bind);
+        self.dialer
+            .reload(&self.socket, &reload.zmq_connect, reload.resolve_interval);
+        tracing::info!("publisher: reloaded routes' defaults, tenant rate limit and endpoints");
+    }
+
+    /// Binds the endpoints of `wanted` not bound yet and unbinds those no longer in it.
+    /// A failure is logged and leaves that endpoint as it was.
+    fn rebind(&mut self, wanted: &[String]) {
+        let mut kept = Vec::new();
+        for (configured, actual) in std::mem::take(&mut self.binds) {
+            if wanted.contains(&configured) {
+                kept.push((configured, actual));
+                continue;
+            }
+            match self.socket.unbind(&actual) {
+                Ok(()) => tracing::info!(endpoint = %actual, "ZeroMQ endpoint unbound"),
+                Err(e) => {
+                    tracing::warn!(endpoint = %actual, error = %e, "cannot unbind ZeroMQ endpoint");
+                    kept.push((configured, actual));
+                }
+            }
+        }
+        for endpoint in wanted {
+            if kept.iter().any(|(c, _)| c == endpoint) {
+                continue;
+            }
+            match self.socket.bind(endpoint) {
+                Ok(()) => {
+                    let actual = self
+                        .socket
+                        .get_last_endpoint()
+                        .ok()
+                        .and_then(Result::ok)
+                        .unwrap_or_else(|| endpoint.clone());
+                    tracing::info!(endpoint = %actual, "ZeroMQ endpoint bound");
+                    kept.push((endpoint.clone(), actual));
+                }
+                Err(e) => {
+                    tracing::warn!(endpoint = %endpoint, error = %e, "cannot bind ZeroMQ endpoint")
+                }
+            }
+        }
+        self.binds = kept;
+    }
+
     /// Waits until something subscribes, dropping the oldest held requests meanwhile
     /// if the policy is `drop_oldest` and intake waits for room. After intake has
     /// closed (shutdown) it waits at most `linger`, and not at all with a spool.
@@ -200,8 +259,10 @@ impl Worker {
         let mut give_up_at = None;
         loop {
             self.outlet.maintain();
-            // Collectors that appear under a name are what this wait may be for.
+            // Collectors that appear under a name, or in a reloaded configuration, are
+            // what this wait may be for.
             self.dialer.apply(&self.socket);
+            self.take_reload();
             if self.outlet.must_drop() {
                 // The held request is the oldest of all.
                 self.outlet.drop_oldest(delivery);
@@ -273,7 +334,7 @@ impl Worker {
                 self.outlet.release(mark);
             }
             Some((joiner, router)) => {
-                let joined = joiner.offer(events, mark, router);
+                let joined = joiner.offer(events, mark, &router.load());
                 self.publish_joined(joined);
             }
         }
@@ -295,7 +356,7 @@ impl Worker {
         let Some((joiner, router)) = &mut self.joiner else {
             return;
         };
-        let lines = joiner.expire(router);
+        let lines = joiner.expire(&router.load());
         self.publish_joined(lines);
     }
 
@@ -304,7 +365,7 @@ impl Worker {
         let Some((joiner, router)) = &mut self.joiner else {
             return;
         };
-        let lines = joiner.ended(connection, router);
+        let lines = joiner.ended(connection, &router.load());
         self.publish_joined(lines);
     }
 
@@ -325,7 +386,7 @@ impl Worker {
             return 0;
         };
         joiner
-            .ended(None, router)
+            .ended(None, &router.load())
             .iter()
             .map(|line| line.events.events.len() as u64)
             .sum()

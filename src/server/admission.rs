@@ -3,6 +3,7 @@
 
 use crate::config::Config;
 use crate::metrics::Counters;
+use arc_swap::ArcSwap;
 use ipnet::IpNet;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -10,12 +11,33 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 pub struct Admission {
+    /// The rules, which a SIGHUP may change (for connections that come after).
+    rules: ArcSwap<Rules>,
+    per_source: Mutex<HashMap<IpAddr, u64>>,
+    counters: Arc<Counters>,
+}
+
+struct Rules {
     allow: Vec<IpNet>,
     deny: Vec<IpNet>,
     max_connections: u64,
     max_per_source: u64,
-    per_source: Mutex<HashMap<IpAddr, u64>>,
-    counters: Arc<Counters>,
+}
+
+impl Rules {
+    fn new(config: &Config) -> Rules {
+        let nets = |list: &[String]| {
+            list.iter()
+                .filter_map(|n| crate::config::parse_network(n))
+                .collect()
+        };
+        Rules {
+            allow: nets(&config.input.allow),
+            deny: nets(&config.input.deny),
+            max_connections: config.limits.max_connections,
+            max_per_source: config.limits.max_connections_per_source,
+        }
+    }
 }
 
 /// Holds a connection's place; released when dropped.
@@ -40,29 +62,28 @@ impl Drop for Ticket {
 
 impl Admission {
     pub fn new(config: &Config, counters: Arc<Counters>) -> Admission {
-        let nets = |list: &[String]| {
-            list.iter()
-                .filter_map(|n| crate::config::parse_network(n))
-                .collect()
-        };
         Admission {
-            allow: nets(&config.input.allow),
-            deny: nets(&config.input.deny),
-            max_connections: config.limits.max_connections,
-            max_per_source: config.limits.max_connections_per_source,
+            rules: ArcSwap::from_pointee(Rules::new(config)),
             per_source: Mutex::new(HashMap::new()),
             counters,
         }
     }
 
+    /// Takes the networks and caps of `config`. Connections open stay; the caps count
+    /// them.
+    pub fn update(&self, config: &Config) {
+        self.rules.store(Arc::new(Rules::new(config)));
+    }
+
     /// Admits a connection from `ip` (`None` for unix sockets, which only the total cap
     /// applies to), or says why not.
     pub fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Ticket, String> {
+        let rules = self.rules.load();
         if let Some(ip) = ip {
-            if self.deny.iter().any(|n| n.contains(&ip)) {
+            if rules.deny.iter().any(|n| n.contains(&ip)) {
                 return self.refuse(format!("source {ip} is denied by input.deny"));
             }
-            if !self.allow.is_empty() && !self.allow.iter().any(|n| n.contains(&ip)) {
+            if !rules.allow.is_empty() && !rules.allow.iter().any(|n| n.contains(&ip)) {
                 return self.refuse(format!("source {ip} is not in input.allow"));
             }
         }
@@ -75,7 +96,7 @@ impl Admission {
             admission: self.clone(),
             ip: None,
         };
-        if self.max_connections > 0 && open >= self.max_connections {
+        if rules.max_connections > 0 && open >= rules.max_connections {
             drop(ticket);
             return self.refuse(format!(
                 "{open} connections open: at limits.max_connections"
@@ -83,7 +104,7 @@ impl Admission {
         }
         if let (Some(ip), Ok(mut m)) = (ip, self.per_source.lock()) {
             let n = m.entry(ip).or_insert(0);
-            if self.max_per_source > 0 && *n >= self.max_per_source {
+            if rules.max_per_source > 0 && *n >= rules.max_per_source {
                 let n = *n;
                 drop(m);
                 drop(ticket);

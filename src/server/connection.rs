@@ -19,7 +19,6 @@ use crate::forward::{
 };
 use crate::metrics::Counters;
 use crate::publish::json::write_value;
-use crate::route::Router;
 use bytes::{Buf, Bytes, BytesMut};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -30,7 +29,8 @@ use tokio_util::sync::CancellationToken;
 
 /// What every connection task shares.
 pub struct Shared {
-    pub router: Router,
+    /// Routing rules, keys and timeouts, which a SIGHUP may change.
+    pub live: super::live::Live,
     /// Caps on a request as it is read.
     pub limits: Limits,
     /// Caps on a request as it is expanded into events.
@@ -49,15 +49,10 @@ pub struct Shared {
     pub order: Option<Arc<Order>>,
     /// Connections numbered so far.
     pub connections: std::sync::atomic::AtomicU64,
-    /// The handshake, when a shared key is configured.
-    pub security: Option<Arc<Security>>,
     /// Source networks and connection limits.
     pub admission: Arc<super::admission::Admission>,
     /// Look up each client's host name (for `input.source_hostname_key`).
     pub resolve_hostname: bool,
-    /// `limits.idle_timeout_ms` and `limits.request_timeout_ms`; `None`: off.
-    pub idle_timeout: Option<std::time::Duration>,
-    pub request_timeout: Option<std::time::Duration>,
 }
 
 /// The host name of the client at `ip` by reverse DNS, looked up once per connection
@@ -308,25 +303,27 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
         if self.shared.resolve_hostname {
             self.peer_host = resolve_host(&self.identity).await;
         }
-        if let Some(security) = self.shared.security.clone() {
+        // The keys of the moment the connection came: a reload applies to the next.
+        let security = self.shared.live.security();
+        if let Some(security) = &security {
             let timeout = security.timeout;
-            tokio::time::timeout(timeout, self.handshake(&security))
+            tokio::time::timeout(timeout, self.handshake(security))
                 .await
                 .map_err(|_| {
                     ConnectionError::Handshake("no PING within the handshake timeout".into())
                 })??;
         }
-        self.read_loop(cancel).await
+        let one_request = security.is_some_and(|s| s.deny_keepalive);
+        self.read_loop(cancel, one_request).await
     }
 
-    async fn read_loop(&mut self, cancel: &CancellationToken) -> Result<(), ConnectionError> {
+    async fn read_loop(
+        &mut self,
+        cancel: &CancellationToken,
+        one_request: bool,
+    ) -> Result<(), ConnectionError> {
         let mut last_read = Instant::now();
         let mut request_started: Option<Instant> = None;
-        let one_request = self
-            .shared
-            .security
-            .as_ref()
-            .is_some_and(|s| s.deny_keepalive);
         // One wait for shutdown for the whole connection: made and registered anew for
         // every read, it cost a lock on the token's waiter list twice per request.
         let cancelled = cancel.cancelled();
@@ -346,10 +343,16 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
                 // while waiting for the next request.
                 self.buf = BytesMut::new();
                 self.grant = Grant::default();
-                self.shared.idle_timeout.map(|t| (last_read + t, true))
+                self.shared
+                    .live
+                    .idle_timeout()
+                    .map(|t| (last_read + t, true))
             } else {
                 let started = *request_started.get_or_insert(last_read);
-                self.shared.request_timeout.map(|t| (started + t, false))
+                self.shared
+                    .live
+                    .request_timeout()
+                    .map(|t| (started + t, false))
             };
             // On shutdown, a request already begun is read to its end first (the server
             // bounds how long it waits for that).
@@ -662,7 +665,7 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
                 frame.clone(),
                 plain,
                 &request,
-                &shared.router,
+                &shared.live.router.load(),
                 shared.batch_limits,
                 &self.peer,
             );

@@ -28,6 +28,8 @@ pub const READ_FLOOR: usize = 128 * 1024;
 pub struct IntakeMemory {
     /// `None`: no budget (`limits.intake_memory_bytes = 0`).
     permits: Option<Arc<Semaphore>>,
+    /// The budget, in units (changed by a reload).
+    limit: std::sync::atomic::AtomicUsize,
     counters: Arc<Counters>,
 }
 
@@ -103,7 +105,45 @@ impl IntakeMemory {
         counters
             .intake_memory_limit_bytes
             .store((units(limit) * UNIT) as u64, Ordering::Relaxed);
-        IntakeMemory { permits, counters }
+        IntakeMemory {
+            permits,
+            limit: units(limit).into(),
+            counters,
+        }
+    }
+
+    /// Makes the budget `limit` bytes: more room at once, less as what is held beyond
+    /// it is given back. False when the budget would be turned on or off, which only a
+    /// restart does.
+    pub fn resize(&self, limit: usize) -> bool {
+        let Some(permits) = &self.permits else {
+            return limit == 0;
+        };
+        if limit == 0 {
+            return false;
+        }
+        let new = units(limit);
+        let old = self.limit.swap(new, Ordering::SeqCst);
+        self.counters
+            .intake_memory_limit_bytes
+            .store((new * UNIT) as u64, Ordering::Relaxed);
+        if new > old {
+            permits.add_permits(new - old);
+        } else if old > new {
+            let shrink = old - new;
+            let gone = permits.forget_permits(shrink);
+            if gone < shrink {
+                // The rest is held now: take it as it comes back.
+                let permits = permits.clone();
+                let rest = u32::try_from(shrink - gone).unwrap_or(u32::MAX);
+                tokio::spawn(async move {
+                    if let Ok(p) = permits.acquire_many(rest).await {
+                        p.forget();
+                    }
+                });
+            }
+        }
+        true
     }
 
     /// Raises `grant` to `bytes` at once if the budget has the room; false otherwise.
@@ -216,13 +256,7 @@ impl IntakeMemory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-
-    fn gzip(data: &[u8]) -> Vec<u8> {
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        e.write_all(data).unwrap();
-        e.finish().unwrap()
-    }
+    use crate::forward::compression::tests::gzip;
 
     fn budget(bytes: usize) -> (IntakeMemory, Arc<Counters>) {
         let counters = Arc::new(Counters::default());
@@ -250,6 +284,28 @@ mod tests {
         drop(a);
         assert_eq!(in_use(&c), 0);
         assert!(m.try_raise(&mut Grant::default(), 64 * UNIT));
+    }
+
+    #[tokio::test]
+    async fn a_budget_resized_gives_room_or_takes_it_back_as_it_is_freed() {
+        let (m, c) = budget(8 * UNIT);
+        let mut held = Grant::default();
+        assert!(m.try_raise(&mut held, 6 * UNIT));
+        assert!(m.resize(16 * UNIT));
+        assert!(m.try_raise(&mut Grant::default(), 10 * UNIT));
+        assert!(m.resize(4 * UNIT));
+        assert_eq!(
+            c.intake_memory_limit_bytes.load(Ordering::Relaxed),
+            4 * UNIT as u64
+        );
+        drop(held);
+        // 6 units come back, 4 of them the budget no longer has.
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert!(m.try_raise(&mut Grant::default(), 4 * UNIT));
+        assert!(!m.try_raise(&mut Grant::default(), 5 * UNIT));
+        assert!(!m.resize(0), "turning the budget off needs a restart");
     }
 
     #[test]

@@ -9,7 +9,9 @@ mod heartbeat;
 mod http;
 mod intake_memory;
 mod listener;
+mod live;
 mod order;
+mod reload;
 mod replay;
 mod socket;
 mod tls;
@@ -67,10 +69,11 @@ pub enum ServerError {
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
+    reloads: tokio::sync::mpsc::UnboundedReceiver<Config>,
 ) -> Result<Arc<Counters>, ServerError> {
     let counters = Arc::new(Counters::default());
     let timeout = Duration::from_millis(config.shutdown.timeout_ms);
-    let router = Router::new(&config.route)?;
+    let live = live::Live::new(&config, Router::new(&config.route)?);
     let batch_limits = BatchLimits {
         max_depth: config.input.max_depth,
         max_decompressed: config.input.max_decompressed_size,
@@ -91,7 +94,7 @@ pub async fn run(
         },
         counters.clone(),
         Arc::new(replay::Expander {
-            router: router.clone(),
+            router: live.router.clone(),
             limits: batch_limits,
         }),
         tokio::runtime::Handle::current(),
@@ -103,7 +106,7 @@ pub async fn run(
             max_bytes: config.input.partial_max_bytes,
             timeout: Duration::from_millis(config.input.partial_timeout_ms),
         };
-        (limits, router.clone())
+        (limits, live.router.clone())
     });
     let health = intake.health();
     let replay = health.clone();
@@ -150,7 +153,7 @@ pub async fn run(
         .map(|a| a.to_string())
         .unwrap_or_default();
     let shared = Arc::new(Shared {
-        router,
+        live,
         limits: Limits {
             max_size: config.input.max_frame_size,
             max_depth: config.input.max_depth,
@@ -169,13 +172,8 @@ pub async fn run(
             .keep_client_order
             .then(|| Arc::new(order::Order::new(counters.clone()))),
         connections: Default::default(),
-        security: handshake::Security::from_config(&config).map(Arc::new),
         admission: Arc::new(admission::Admission::new(&config, counters.clone())),
         resolve_hostname: !config.input.source_hostname_key.is_empty(),
-        idle_timeout: (config.limits.idle_timeout_ms > 0)
-            .then(|| Duration::from_millis(config.limits.idle_timeout_ms)),
-        request_timeout: (config.limits.request_timeout_ms > 0)
-            .then(|| Duration::from_millis(config.limits.request_timeout_ms)),
     });
 
     tracing::info!(
@@ -196,7 +194,14 @@ pub async fn run(
     status.listening.store(true, Ordering::Relaxed);
     let http_task =
         metrics_listener.map(|l| tokio::spawn(http::serve(l, status.clone(), cancel.clone())));
+    let reload_task = tokio::spawn(reload::serve(
+        reloads,
+        config.clone(),
+        Arc::downgrade(&shared),
+        publisher.reloads(),
+    ));
     shutdown.await;
+    reload_task.abort();
     status.listening.store(false, Ordering::Relaxed);
     tracing::info!("shutting down: no new connections, finishing requests already read");
     cancel.cancel();

@@ -432,6 +432,15 @@ fn unread_bytes(fd: RawFd) -> usize {
 mod tests {
     use super::*;
 
+    /// Two connections of client `id` that both carried tag "app" before.
+    async fn two_of_app(order: &Arc<Order>, id: &Arc<str>) -> (Member, Member) {
+        let mut a = order.join(id, -1);
+        let mut b = order.join(id, -1);
+        a.turn(b"app", 0).await;
+        b.turn(b"app", 0).await;
+        (a, b)
+    }
+
     /// Now, in ns since the epoch: the keys of requests that are arriving now.
     fn now() -> u64 {
         std::time::SystemTime::now()
@@ -462,11 +471,7 @@ mod tests {
         let order = Arc::new(Order::default());
         let id: Arc<str> = "10.0.0.1".into();
         let t = now();
-        let mut early = order.join(&id, -1);
-        let mut late = order.join(&id, -1);
-        // Both carried "app" before.
-        early.turn(b"app", 0).await;
-        late.turn(b"app", 0).await;
+        let (mut early, mut late) = two_of_app(&order, &id).await;
         // The early request began at 100 and is not handed over yet (its tag is not
         // known: it may be "app"); the late one (began at 200) must wait for it.
         early.reading();
@@ -495,10 +500,7 @@ mod tests {
         let order = Arc::new(Order::default());
         let id: Arc<str> = "10.0.0.1".into();
         let t = now();
-        let mut slow = order.join(&id, -1);
-        let mut quick = order.join(&id, -1);
-        slow.turn(b"app", 0).await;
-        quick.turn(b"app", 0).await;
+        let (slow, mut quick) = two_of_app(&order, &id).await;
         // A request of tag "other" began at 100 and is still arriving.
         slow.read(t + 100, Some((t + 100, tag_hash(b"other"))));
         quick.read(t + 200, Some((t + 200, tag_hash(b"app"))));
@@ -512,10 +514,7 @@ mod tests {
         let order = Arc::new(Order::default());
         let id: Arc<str> = "10.0.0.1".into();
         let t = now();
-        let mut slow = order.join(&id, -1);
-        let mut quick = order.join(&id, -1);
-        slow.turn(b"app", 0).await;
-        quick.turn(b"app", 0).await;
+        let (slow, mut quick) = two_of_app(&order, &id).await;
         // Its first byte came two seconds ago, and it is still being read.
         let long_ago = t - 2_000_000_000;
         slow.reading();

@@ -9,9 +9,12 @@ use crate::buffer::Expand;
 use crate::event::RoutedEvents;
 use crate::forward::decode_request;
 use crate::route::Router;
+use arc_swap::ArcSwap;
+use std::sync::Arc;
 
 pub struct Expander {
-    pub router: Router,
+    /// The gateway's routing rules of the moment (a SIGHUP may change them).
+    pub router: Arc<ArcSwap<Router>>,
     pub limits: BatchLimits,
 }
 
@@ -47,7 +50,7 @@ impl Expand for Expander {
             match build_batch(
                 frame.clone(),
                 &request,
-                &self.router,
+                &self.router.load(),
                 self.limits,
                 &record.peer,
             ) {

@@ -119,7 +119,7 @@ def test_every_address_of_a_name_is_connected_and_followed(start_gateway, hosts,
     # One leaves the name: let go, the others keep everything.
     hosts.set("127.0.0.2", "127.0.0.4")
     wait_for(lambda: addresses(gw) == 2, "the removed address to be let go", timeout=5)
-    assert gw.wait_log(lambda raw, obj: "gone from its name" in raw and "127.0.0.3" in raw, timeout=5)
+    assert gw.wait_log(lambda raw, obj: "no longer configured or resolved" in raw and "127.0.0.3" in raw, timeout=5)
     while b.recv(0.2) is not None:  # probes already on their way
         pass
     send_lines(gw, 10, "after")
