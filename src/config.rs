@@ -8,6 +8,8 @@ use thiserror::Error;
 
 /// Where fwdgate listens when neither `input.listen` nor `input.unix` is set.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:24224";
+/// The largest request, decompressed payload or joined line that may be configured.
+pub const MAX_REQUEST_BYTES: usize = 1 << 30;
 /// Where the PUB socket binds when neither `output.zmq_bind` nor `output.zmq_connect` is
 /// set: the port of the reference driver's consumer.
 pub const DEFAULT_ZMQ_BIND: &str = "tcp://0.0.0.0:6362";
@@ -608,6 +610,23 @@ impl Config {
         if self.input.max_decompressed_size == 0 {
             return invalid("input.max_decompressed_size must be above 0".into());
         }
+        // Events point into their request's bytes with 32-bit offsets, and the requests
+        // of one read (or a joined line and its record) may share one buffer: 1 GiB
+        // each keeps every offset well within 4 GiB.
+        for (key, size) in [
+            ("input.max_frame_size", self.input.max_frame_size),
+            (
+                "input.max_decompressed_size",
+                self.input.max_decompressed_size,
+            ),
+            ("input.partial_max_bytes", self.input.partial_max_bytes),
+        ] {
+            if size > MAX_REQUEST_BYTES {
+                return invalid(format!(
+                    "{key} ({size}) must be at most {MAX_REQUEST_BYTES} (1 GiB)"
+                ));
+            }
+        }
         let one_request = (self.input.max_frame_size as u64)
             .saturating_add(self.input.max_decompressed_size as u64)
             .saturating_add(crate::forward::compression::ZSTD_WINDOW as u64);
@@ -774,6 +793,22 @@ mod tests {
         // The example documents the defaults: loading it changes nothing but the
         // fields `finalize` fills in.
         assert_eq!(parsed, Config::default().finalize().unwrap());
+    }
+
+    #[test]
+    fn sizes_stay_within_what_an_event_offset_holds() {
+        let mut c = Config::default();
+        c.input.max_frame_size = MAX_REQUEST_BYTES;
+        c.limits.intake_memory_bytes = 0;
+        assert!(c.clone().finalize().is_ok());
+        c.input.max_frame_size = MAX_REQUEST_BYTES + 1;
+        assert!(c.clone().finalize().is_err());
+        c.input.max_frame_size = 1 << 20;
+        c.input.max_decompressed_size = 5 << 30;
+        assert!(c.clone().finalize().is_err());
+        c.input.max_decompressed_size = 1 << 20;
+        c.input.partial_max_bytes = usize::MAX;
+        assert!(c.finalize().is_err());
     }
 
     #[test]

@@ -15,11 +15,14 @@ pub struct Span {
 }
 
 impl Span {
+    /// The span of `r`, an offset range within one request's buffer, which
+    /// configuration keeps below 4 GiB (`config::MAX_REQUEST_BYTES`).
     #[inline]
     pub fn of(r: Range<usize>) -> Span {
+        debug_assert!(r.end <= u32::MAX as usize, "span {r:?} past 4 GiB");
         Span {
-            start: r.start as u32,
-            end: r.end as u32,
+            start: u32::try_from(r.start).unwrap_or(u32::MAX),
+            end: u32::try_from(r.end).unwrap_or(u32::MAX),
         }
     }
 
