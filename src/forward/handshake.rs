@@ -108,27 +108,41 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
-/// Checks a PING frame. `Err` carries the reason sent back in the PONG.
-pub fn check_ping(frame: &[u8], expect: &Expect<'_>) -> Result<Ping, String> {
-    let value =
-        rmpv::decode::read_value(&mut &frame[..]).map_err(|_| "PING is not msgpack".to_owned())?;
+/// Why a PING is refused. Its text is the reason sent back in the PONG.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PingError {
+    #[error("PING is not msgpack")]
+    NotMsgpack,
+    #[error("expected a PING array")]
+    NotArray,
+    #[error("expected [\"PING\", hostname, salt, digest, username, password digest]")]
+    Shape,
+    #[error("PING fields must be strings")]
+    FieldNotString,
+    #[error("shared_key mismatch")]
+    SharedKey,
+    #[error("username/password mismatch")]
+    User,
+}
+
+/// Checks a PING frame.
+pub fn check_ping(frame: &[u8], expect: &Expect<'_>) -> Result<Ping, PingError> {
+    let value = rmpv::decode::read_value(&mut &frame[..]).map_err(|_| PingError::NotMsgpack)?;
     let Value::Array(items) = value else {
-        return Err("expected a PING array".into());
+        return Err(PingError::NotArray);
     };
     if items.len() != 6 || items[0].as_str() != Some("PING") {
-        return Err(
-            "expected [\"PING\", hostname, salt, digest, username, password digest]".into(),
-        );
+        return Err(PingError::Shape);
     }
     let fields: Vec<Vec<u8>> = items[1..]
         .iter()
-        .map(|v| text(v).ok_or_else(|| "PING fields must be strings".to_owned()))
+        .map(|v| text(v).ok_or(PingError::FieldNotString))
         .collect::<Result<_, _>>()?;
     let (hostname, salt, key_digest, username, password_digest) =
         (&fields[0], &fields[1], &fields[2], &fields[3], &fields[4]);
     let want = digest(&[salt, hostname, expect.nonce, expect.shared_key.as_bytes()]);
     if !same(want.as_bytes(), key_digest) {
-        return Err("shared_key mismatch".into());
+        return Err(PingError::SharedKey);
     }
     if !expect.auth_salt.is_empty() {
         // Every user is checked, so the time taken does not tell which name exists.
@@ -144,7 +158,7 @@ pub fn check_ping(frame: &[u8], expect: &Expect<'_>) -> Result<Ping, String> {
             found |= name_ok & pass_ok;
         }
         if !found {
-            return Err("username/password mismatch".into());
+            return Err(PingError::User);
         }
     }
     Ok(Ping {
@@ -202,10 +216,8 @@ mod tests {
         let ok = ping("client", "salt", "secret", b"nonce", ("", ""), b"");
         assert_eq!(check_ping(&ok, &expect).unwrap().client_hostname, "client");
         let bad = ping("client", "salt", "wrong", b"nonce", ("", ""), b"");
-        assert_eq!(
-            check_ping(&bad, &expect).unwrap_err(),
-            "shared_key mismatch"
-        );
+        assert_eq!(check_ping(&bad, &expect).unwrap_err(), PingError::SharedKey);
+        assert_eq!(PingError::SharedKey.to_string(), "shared_key mismatch");
         let with_auth = Expect {
             auth_salt: b"auth",
             ..expect
@@ -215,8 +227,16 @@ mod tests {
         let bad_user = ping("c", "s", "secret", b"nonce", ("alice", "nope"), b"auth");
         assert_eq!(
             check_ping(&bad_user, &with_auth).unwrap_err(),
-            "username/password mismatch"
+            PingError::User
         );
-        assert!(check_ping(&[0x91, 0xa4, b'P', b'I', b'N', b'G'], &expect).is_err());
+        assert_eq!(
+            check_ping(&[0x91, 0xa4, b'P', b'I', b'N', b'G'], &expect).unwrap_err(),
+            PingError::Shape
+        );
+        assert_eq!(check_ping(&[], &expect).unwrap_err(), PingError::NotMsgpack);
+        assert_eq!(
+            check_ping(&[0x01], &expect).unwrap_err(),
+            PingError::NotArray
+        );
     }
 }

@@ -40,6 +40,19 @@ impl Rules {
     }
 }
 
+/// Why a connection is refused at accept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("source {0} is denied by input.deny")]
+    Denied(IpAddr),
+    #[error("source {0} is not in input.allow")]
+    NotAllowed(IpAddr),
+    #[error("{0} connections open: at limits.max_connections")]
+    AtMaxConnections(u64),
+    #[error("{open} connections open from {ip}: at limits.max_connections_per_source")]
+    AtMaxPerSource { open: u64, ip: IpAddr },
+}
+
 /// Holds a connection's place; released when dropped.
 pub struct Ticket {
     admission: Arc<Admission>,
@@ -77,14 +90,14 @@ impl Admission {
 
     /// Admits a connection from `ip` (`None` for unix sockets, which only the total cap
     /// applies to), or says why not.
-    pub fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Ticket, String> {
+    pub fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Ticket, Refusal> {
         let rules = self.rules.load();
         if let Some(ip) = ip {
             if rules.deny.iter().any(|n| n.contains(&ip)) {
-                return self.refuse(format!("source {ip} is denied by input.deny"));
+                return self.refuse(Refusal::Denied(ip));
             }
             if !rules.allow.is_empty() && !rules.allow.iter().any(|n| n.contains(&ip)) {
-                return self.refuse(format!("source {ip} is not in input.allow"));
+                return self.refuse(Refusal::NotAllowed(ip));
             }
         }
         let open = self
@@ -98,9 +111,7 @@ impl Admission {
         };
         if rules.max_connections > 0 && open >= rules.max_connections {
             drop(ticket);
-            return self.refuse(format!(
-                "{open} connections open: at limits.max_connections"
-            ));
+            return self.refuse(Refusal::AtMaxConnections(open));
         }
         if let (Some(ip), Ok(mut m)) = (ip, self.per_source.lock()) {
             let n = m.entry(ip).or_insert(0);
@@ -108,9 +119,7 @@ impl Admission {
                 let n = *n;
                 drop(m);
                 drop(ticket);
-                return self.refuse(format!(
-                    "{n} connections open from {ip}: at limits.max_connections_per_source"
-                ));
+                return self.refuse(Refusal::AtMaxPerSource { open: n, ip });
             }
             *n += 1;
             ticket.ip = Some(ip);
@@ -118,10 +127,56 @@ impl Admission {
         Ok(ticket)
     }
 
-    fn refuse(&self, reason: String) -> Result<Ticket, String> {
+    fn refuse(&self, reason: Refusal) -> Result<Ticket, Refusal> {
         self.counters
             .connections_refused
             .fetch_add(1, Ordering::Relaxed);
         Err(reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(text: &str) -> Arc<Admission> {
+        let config = Config::from_toml(text).unwrap().finalize().unwrap();
+        Arc::new(Admission::new(&config, Arc::new(Counters::default())))
+    }
+
+    #[test]
+    fn networks_then_caps_and_a_reload_changes_them_for_what_comes_after() {
+        let a = admission("[input]\ndeny = [\"10.0.0.0/8\"]\n[limits]\nmax_connections = 2\nmax_connections_per_source = 1\n");
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            a.admit(Some(ip("10.1.2.3"))).err(),
+            Some(Refusal::Denied(ip("10.1.2.3")))
+        );
+        let first = a.admit(Some(ip("192.0.2.1"))).unwrap();
+        assert_eq!(
+            a.admit(Some(ip("192.0.2.1"))).err(),
+            Some(Refusal::AtMaxPerSource {
+                open: 1,
+                ip: ip("192.0.2.1")
+            })
+        );
+        let second = a.admit(None).unwrap();
+        assert_eq!(
+            a.admit(Some(ip("192.0.2.9"))).err(),
+            Some(Refusal::AtMaxConnections(2))
+        );
+        let reloaded = Config::from_toml("[input]\nallow = [\"192.0.2.0/24\"]\n")
+            .unwrap()
+            .finalize()
+            .unwrap();
+        a.update(&reloaded);
+        assert_eq!(
+            a.admit(Some(ip("10.1.2.3"))).err(),
+            Some(Refusal::NotAllowed(ip("10.1.2.3")))
+        );
+        // The open connections still count against the source's cap (none now).
+        let again = a.admit(Some(ip("192.0.2.1"))).unwrap();
+        drop((first, second, again));
+        assert_eq!(a.counters.connections_admitted.load(Ordering::Relaxed), 0);
     }
 }

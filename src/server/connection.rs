@@ -2,7 +2,7 @@
 //! request's events to the buffer in one batch, then ack.
 
 use super::handoff::Handoff;
-use super::handshake::Security;
+use super::handshake::{HandshakeError, Security};
 use super::intake_memory::{Grant, IntakeMemory, READ_FLOOR};
 use super::order::{tag_hash, Member, Order};
 use super::socket::{ClientSocket, ReadHook};
@@ -92,7 +92,7 @@ pub enum ConnectionError {
     #[error("request not acknowledged: {0}")]
     Spool(#[from] SpoolError),
     #[error("handshake failed: {0}")]
-    Handshake(String),
+    Handshake(#[from] super::handshake::HandshakeError),
     #[error("idle for limits.idle_timeout_ms")]
     Idle,
     #[error("request not complete within limits.request_timeout_ms ({0} bytes received)")]
@@ -104,14 +104,21 @@ pub enum ConnectionError {
 impl ConnectionError {
     /// True when the client sent something the gateway cannot trust, as opposed to a
     /// network error or a shutdown.
+    /// Every variant is named, so that a new one must be placed on one side.
     pub fn is_bad_input(&self) -> bool {
-        !matches!(
-            self,
-            ConnectionError::Io(_)
-                | ConnectionError::PublisherClosed
-                | ConnectionError::Spool(_)
-                | ConnectionError::Idle
-        )
+        match self {
+            ConnectionError::Scan(_)
+            | ConnectionError::Request(_)
+            | ConnectionError::Json(_)
+            | ConnectionError::Decompress(_)
+            | ConnectionError::Truncated(_)
+            | ConnectionError::Handshake(_)
+            | ConnectionError::SlowRequest(_) => true,
+            ConnectionError::PublisherClosed
+            | ConnectionError::Spool(_)
+            | ConnectionError::Idle
+            | ConnectionError::Io(_) => false,
+        }
     }
 }
 
@@ -309,9 +316,7 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
             let timeout = security.timeout;
             tokio::time::timeout(timeout, self.handshake(security))
                 .await
-                .map_err(|_| {
-                    ConnectionError::Handshake("no PING within the handshake timeout".into())
-                })??;
+                .map_err(|_| HandshakeError::Timeout)??;
         }
         let one_request = security.is_some_and(|s| s.deny_keepalive);
         self.read_loop(cancel, one_request).await
@@ -430,7 +435,7 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
             let (room, limit) = room.make(&mut self.buf, needed).await?;
             let mut limited = (&mut self.stream).take(limit as u64);
             if room == 0 || limited.read_buf(&mut self.buf).await? == 0 {
-                return Err(ConnectionError::Handshake("closed before PING".into()));
+                return Err(HandshakeError::ClosedBeforePing.into());
             }
         };
         let ip = self.identity.parse().ok();
@@ -439,7 +444,7 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
         }
         let (pong, outcome) = security.answer(&challenge, ip, self.peer_host.as_deref(), &ping);
         self.stream.write_all(&pong).await?;
-        outcome.map_err(ConnectionError::Handshake)
+        Ok(outcome?)
     }
 
     /// Decides how requests are delimited from the connection's first byte, once it

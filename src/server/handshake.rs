@@ -19,6 +19,19 @@ pub struct Security {
     pub deny_keepalive: bool,
 }
 
+/// Why a handshake failed (the PONG's reason, where one is sent).
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error(transparent)]
+    Ping(#[from] handshake::PingError),
+    #[error("source {0} is not allowed")]
+    SourceNotAllowed(String),
+    #[error("no PING within the handshake timeout")]
+    Timeout,
+    #[error("closed before PING")]
+    ClosedBeforePing,
+}
+
 /// What to send first, and how to check the answer, for one connection.
 pub struct Challenge {
     nonce: [u8; 16],
@@ -83,7 +96,7 @@ impl Security {
 
     /// The shared key for a client at `ip` named `host` (unix clients have neither),
     /// or why it is refused. The first matching `clients` entry wins.
-    fn key_for(&self, ip: Option<IpAddr>, host: Option<&str>) -> Result<&str, String> {
+    fn key_for(&self, ip: Option<IpAddr>, host: Option<&str>) -> Result<&str, HandshakeError> {
         let matched = self.clients.iter().find(|(m, _)| match m {
             ClientMatch::Network(net) => ip.is_some_and(|ip| net.contains(&ip)),
             ClientMatch::Host(name) => host.is_some_and(|h| h.eq_ignore_ascii_case(name)),
@@ -92,9 +105,8 @@ impl Security {
             Some((_, key)) if !key.is_empty() => Ok(key),
             Some(_) => Ok(&self.shared_key),
             None if self.allow_anonymous_source => Ok(&self.shared_key),
-            None => Err(format!(
-                "source {} is not allowed",
-                ip.map_or_else(|| "unix socket".to_owned(), |ip| ip.to_string())
+            None => Err(HandshakeError::SourceNotAllowed(
+                ip.map_or_else(|| "unix socket".to_owned(), |ip| ip.to_string()),
             )),
         }
     }
@@ -106,7 +118,7 @@ impl Security {
         ip: Option<IpAddr>,
         host: Option<&str>,
         ping: &[u8],
-    ) -> (Vec<u8>, Result<(), String>) {
+    ) -> (Vec<u8>, Result<(), HandshakeError>) {
         let checked = self.key_for(ip, host).and_then(|key| {
             let expect = Expect {
                 nonce: &c.nonce,
@@ -114,7 +126,9 @@ impl Security {
                 shared_key: key,
                 users: &self.users,
             };
-            handshake::check_ping(ping, &expect).map(|p| (p, key))
+            handshake::check_ping(ping, &expect)
+                .map(|p| (p, key))
+                .map_err(HandshakeError::Ping)
         });
         match checked {
             Ok((ping, key)) => (
@@ -129,7 +143,14 @@ impl Security {
                 Ok(()),
             ),
             Err(reason) => (
-                handshake::pong(false, &reason, &self.self_hostname, b"", &c.nonce, ""),
+                handshake::pong(
+                    false,
+                    &reason.to_string(),
+                    &self.self_hostname,
+                    b"",
+                    &c.nonce,
+                    "",
+                ),
                 Err(reason),
             ),
         }
