@@ -13,6 +13,9 @@
 //! cargo bench --bench decode -- --warm-up-time 1 --measurement-time 3
 //! ```
 
+// A benchmark, like a test, fails loudly on a broken fixture.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fwdgate::batch::{build_batch, BatchLimits};

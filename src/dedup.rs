@@ -3,6 +3,7 @@
 //! A bounded window of recently accepted chunk ids per client identity lets the gateway
 //! ack such a resend again without publishing it twice.
 
+use crate::sync::lock;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
@@ -60,9 +61,7 @@ impl Dedup {
 
     /// True when `chunk` was accepted from `client` recently.
     pub fn seen(&self, client: &str, chunk: &[u8]) -> bool {
-        let Ok(clients) = self.inner.lock() else {
-            return false;
-        };
+        let clients = lock(&self.inner);
         clients
             .windows
             .get(client)
@@ -71,9 +70,7 @@ impl Dedup {
 
     /// Records that `chunk` from `client` was accepted.
     pub fn remember(&self, client: &Arc<str>, chunk: &[u8]) {
-        let Ok(mut clients) = self.inner.lock() else {
-            return;
-        };
+        let mut clients = lock(&self.inner);
         clients.clock += 1;
         let now = clients.clock;
         if let Some(window) = clients.windows.get_mut(&**client) {

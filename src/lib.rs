@@ -18,4 +18,5 @@ pub mod partial;
 pub mod publish;
 pub mod route;
 pub mod server;
+pub mod sync;
 pub mod tail;

@@ -1,6 +1,7 @@
 //! The gateway's own log file, reopened on SIGHUP so that logrotate (or any tool that
 //! renames the file) works without a restart.
 
+use crate::sync::lock;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -28,11 +29,7 @@ impl LogFile {
     /// Opens the path again (a new file if the old one was renamed away).
     pub fn reopen(&self) -> io::Result<()> {
         let fresh = open(&self.path)?;
-        let mut file = self
-            .file
-            .lock()
-            .map_err(|_| io::Error::other("log file lock poisoned"))?;
-        *file = fresh;
+        *lock(&self.file) = fresh;
         Ok(())
     }
 }
@@ -42,17 +39,11 @@ pub struct LogWriter(Arc<Mutex<File>>);
 
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self.0.lock() {
-            Ok(mut f) => f.write(buf),
-            Err(_) => Err(io::Error::other("log file lock poisoned")),
-        }
+        lock(&self.0).write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        match self.0.lock() {
-            Ok(mut f) => f.flush(),
-            Err(_) => Ok(()),
-        }
+        lock(&self.0).flush()
     }
 }
 

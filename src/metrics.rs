@@ -1,6 +1,7 @@
 //! Counters and gauges of what the gateway does, shared by every task, and their
 //! Prometheus text rendering (served by `server::http`).
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -148,9 +149,7 @@ impl TenantCounts {
 
     /// Adds runs of `(tenant, events)`; one lock for the whole batch.
     pub fn add_runs<'a>(&self, runs: impl IntoIterator<Item = (&'a [u8], u64)>) {
-        let Ok(mut counts) = self.counts.lock() else {
-            return;
-        };
+        let mut counts = lock(&self.counts);
         for (tenant, n) in runs {
             if let Some(c) = counts.get_mut(tenant) {
                 *c += n;
@@ -163,15 +162,10 @@ impl TenantCounts {
     }
 
     fn snapshot(&self) -> Vec<(String, u64)> {
-        let mut out: Vec<(String, u64)> = self
-            .counts
-            .lock()
-            .map(|c| {
-                c.iter()
-                    .map(|(t, n)| (String::from_utf8_lossy(t).into_owned(), *n))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut out: Vec<(String, u64)> = lock(&self.counts)
+            .iter()
+            .map(|(t, n)| (String::from_utf8_lossy(t).into_owned(), *n))
+            .collect();
         out.sort();
         let other = get(&self.other);
         if other > 0 {

@@ -14,6 +14,8 @@ pub struct Span {
     pub end: u32,
 }
 
+// Spans are where a request's offsets become 32-bit: no silent truncation here.
+#[deny(clippy::cast_possible_truncation)]
 impl Span {
     /// The span of `r`, an offset range within one request's buffer, which
     /// configuration keeps below 4 GiB (`config::MAX_REQUEST_BYTES`).

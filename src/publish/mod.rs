@@ -211,9 +211,10 @@ fn set_xpub_nodrop(socket: &mut zmq::Socket) -> Result<(), PublishError> {
     if rc == 0 {
         Ok(())
     } else {
-        Err(PublishError::Socket(zmq::Error::from_raw(unsafe {
-            zmq_sys::zmq_errno()
-        })))
+        // SAFETY: zmq_errno reads libzmq's thread-local error number, set by the failed
+        // call just above on this thread; it takes no pointers.
+        let errno = unsafe { zmq_sys::zmq_errno() };
+        Err(PublishError::Socket(zmq::Error::from_raw(errno)))
     }
 }
 

@@ -3,6 +3,7 @@
 
 use crate::config::Config;
 use crate::metrics::Counters;
+use crate::sync::lock;
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 use std::collections::HashMap;
@@ -62,7 +63,8 @@ pub struct Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         Counters::decrease(&self.admission.counters.connections_admitted, 1);
-        if let (Some(ip), Ok(mut m)) = (self.ip, self.admission.per_source.lock()) {
+        if let Some(ip) = self.ip {
+            let mut m = lock(&self.admission.per_source);
             if let Some(n) = m.get_mut(&ip) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
@@ -113,7 +115,8 @@ impl Admission {
             drop(ticket);
             return self.refuse(Refusal::AtMaxConnections(open));
         }
-        if let (Some(ip), Ok(mut m)) = (ip, self.per_source.lock()) {
+        if let Some(ip) = ip {
+            let mut m = lock(&self.per_source);
             let n = m.entry(ip).or_insert(0);
             if rules.max_per_source > 0 && *n >= rules.max_per_source {
                 let n = *n;

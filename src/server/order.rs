@@ -28,10 +28,11 @@
 //! looks at it until it has, or has sent nothing for [`NEWCOMER_WINDOW`].
 
 use crate::metrics::Counters;
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
@@ -407,12 +408,6 @@ impl Drop for Member {
         }
         self.client.changed.notify_waiters();
     }
-}
-
-/// A poisoned lock (a task panicked holding it) is taken as it is: the lists stay
-/// consistent entry by entry.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Bytes the kernel holds for the socket that have not been read.

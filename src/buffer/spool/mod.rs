@@ -22,6 +22,7 @@ pub mod writer;
 
 use crate::config::{Fsync, SpoolConfig};
 use crate::metrics::Counters;
+use crate::sync::lock;
 use space::Space;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -226,10 +227,9 @@ impl Spool {
         })
     }
 
-    /// The log's shape. A poisoned lock (a thread panicked holding it) is taken as it
-    /// is: the log's fields are each consistent on their own.
+    /// The log's shape (a poisoned lock is taken as it is: see `sync`).
     pub fn log(&self) -> MutexGuard<'_, Log> {
-        self.log.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.log)
     }
 
     /// Deletes every segment that ends at or before `published` (except the one being

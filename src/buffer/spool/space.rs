@@ -2,6 +2,7 @@
 //! records reserved for writing. A request reserves its record's size before it is
 //! written; deleting a published segment gives its bytes back.
 
+use crate::sync::lock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use tokio::sync::Notify;
@@ -42,9 +43,7 @@ impl Space {
     /// Reserves `n` bytes if they fit. A record larger than the whole bound fits an
     /// empty spool, so that no request can never be accepted.
     pub fn try_reserve(&self, n: u64) -> bool {
-        let Ok(mut s) = self.state.lock() else {
-            return false;
-        };
+        let mut s = lock(&self.state);
         let fits = self.max == 0 || s.used + n <= self.max || s.used == 0;
         if fits {
             s.used += n;
@@ -68,26 +67,25 @@ impl Space {
             }
             if !registered {
                 registered = true;
-                if let Ok(mut s) = self.state.lock() {
-                    s.waiting += 1;
-                    s.needed = s.needed.max(n);
-                }
+                let mut s = lock(&self.state);
+                s.waiting += 1;
+                s.needed = s.needed.max(n);
             }
             freed.await;
         }
         if registered {
-            if let Ok(mut s) = self.state.lock() {
-                s.waiting -= 1;
-                if s.waiting == 0 {
-                    s.needed = 0;
-                }
+            let mut s = lock(&self.state);
+            s.waiting -= 1;
+            if s.waiting == 0 {
+                s.needed = 0;
             }
         }
     }
 
     /// Gives back `n` bytes: a deleted segment, or a reservation whose write failed.
     pub fn release(&self, n: u64) {
-        if let Ok(mut s) = self.state.lock() {
+        {
+            let mut s = lock(&self.state);
             s.used = s.used.saturating_sub(n);
             if s.used + s.refused <= self.max || s.used == 0 {
                 self.full.store(false, Ordering::Relaxed);
@@ -98,13 +96,11 @@ impl Space {
 
     /// Counts bytes on disk that no reservation covered (a damaged tail left behind).
     pub fn add_used(&self, n: u64) {
-        if let Ok(mut s) = self.state.lock() {
-            s.used += n;
-        }
+        lock(&self.state).used += n;
     }
 
     pub fn used(&self) -> u64 {
-        self.state.lock().map(|s| s.used).unwrap_or(0)
+        lock(&self.state).used
     }
 
     pub fn is_full(&self) -> bool {
@@ -114,10 +110,8 @@ impl Space {
     /// Under `when_full = "drop_oldest"`: true while a reservation waits for more room
     /// than is free, so the oldest held requests should go.
     pub fn wants_room(&self) -> bool {
-        self.state
-            .lock()
-            .map(|s| s.waiting > 0 && (self.max == 0 || s.used + s.needed > self.max))
-            .unwrap_or(false)
+        let s = lock(&self.state);
+        s.waiting > 0 && (self.max == 0 || s.used + s.needed > self.max)
     }
 }
 
