@@ -86,7 +86,8 @@ fn classify(e: clap::Error, argv: &[OsString]) -> ParseOutcome {
     else {
         return ParseOutcome::Clap(e);
     };
-    let Some(variable) = variable_of(&Cli::command(), long) else {
+    let cli = Cli::command();
+    let Some(variable) = variable_of(command_of(&cli, argv), long) else {
         return ParseOutcome::Clap(e);
     };
     if given_on_command_line(argv, long) {
@@ -103,13 +104,22 @@ fn classify(e: clap::Error, argv: &[OsString]) -> ParseOutcome {
     ParseOutcome::BadVariable(message)
 }
 
-/// The variable of the option `--long`, in this command or any of its commands.
+/// The command whose options `argv` gives: a command's options follow its name, which
+/// is then the first argument (`args_conflicts_with_subcommands`), else the top level's.
+fn command_of<'a>(cli: &'a clap::Command, argv: &[OsString]) -> &'a clap::Command {
+    argv.get(1)
+        .and_then(|a| a.to_str())
+        .and_then(|name| cli.find_subcommand(name))
+        .unwrap_or(cli)
+}
+
+/// The variable of the option `--long` of this command. Only this command's: the same
+/// flag of another command may have another variable.
 fn variable_of(cmd: &clap::Command, long: &str) -> Option<String> {
     cmd.get_arguments()
         .find(|a| a.get_long() == Some(long))
         .and_then(|a| a.get_env())
         .map(|v| v.to_string_lossy().into_owned())
-        .or_else(|| cmd.get_subcommands().find_map(|sub| variable_of(sub, long)))
 }
 
 /// `--long VALUE` or `--long=VALUE` before any `--`.
