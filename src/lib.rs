@@ -3,7 +3,9 @@
 //!
 //! `forward` is the protocol without I/O; `server` does the I/O; `route` decides where
 //! each record goes; `buffer` holds what is accepted until it is published (memory,
-//! then the disk spool); `publish` owns the ZeroMQ socket.
+//! then the disk spool); `publish` owns the ZeroMQ socket. `proxy` is a separate
+//! program in the same binary: libzmq's XSUB/XPUB proxy between gateways and their
+//! subscribers.
 
 pub mod batch;
 pub mod buffer;
@@ -15,6 +17,7 @@ pub mod forward;
 pub mod logfile;
 pub mod metrics;
 pub mod partial;
+pub mod proxy;
 pub mod publish;
 pub mod route;
 pub mod server;

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::CommandFactory;
-use fwdgate::cli::{error_chain, Cli, Command, ParseOutcome, TailArgs};
+use fwdgate::cli::{error_chain, Cli, Command, ParseOutcome, ProxyArgs, TailArgs};
 use fwdgate::config::{Config, LogFormat};
 use fwdgate::logfile::LogFile;
 use fwdgate::tail::Stopped;
@@ -47,6 +47,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Tail(args)) => tail(args),
+        Some(Command::Proxy(args)) => proxy(args),
         Some(Command::Completions { shell }) => {
             let out = &mut std::io::stdout().lock();
             clap_complete::generate(*shell, &mut Cli::command(), "fwdgate", out);
@@ -118,6 +119,42 @@ fn tail(args: &TailArgs) -> anyhow::Result<()> {
     match fwdgate::tail::tail(&args.connect, &filter, &file.route, &stop, stdout)? {
         Stopped::OnRequest | Stopped::OutputClosed => Ok(()),
     }
+}
+
+/// `fwdgate proxy`: forwards until SIGTERM or SIGINT, then stops and exits 0.
+fn proxy(args: &ProxyArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level).with_context(|| {
+        format!(
+            "{}: invalid log level {:?}",
+            args.origin_of("log_level"),
+            args.log_level
+        )
+    })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(log_in_colour());
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    // One thread is plenty for the HTTP endpoint; libzmq's own threads do the work.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(async {
+        // Installed before anything is bound, so a SIGTERM right after "fwdgate proxy
+        // ready" stops the proxy instead of killing it.
+        let shutdown = shutdown_signal()?;
+        let proxy = fwdgate::proxy::Proxy::start(&args.settings())?;
+        proxy.run(shutdown).await?;
+        Ok(())
+    });
+    // The stop is bounded inside `run`; a thread still closing sockets past that bound
+    // is not waited for (dropping the runtime would wait for it).
+    runtime.shutdown_background();
+    result
 }
 
 /// Colour in the log only for a person at a terminal, and never with NO_COLOR set

@@ -19,6 +19,8 @@ pub enum Origin {
     Flag(String),
     /// `FWDGATE_LISTEN`
     Variable(String),
+    /// The default of `--xsub-bind`, neither flag nor variable given.
+    Default(String),
 }
 
 impl fmt::Display for Origin {
@@ -26,6 +28,7 @@ impl fmt::Display for Origin {
         match self {
             Origin::Flag(flag) => write!(f, "flag {flag}"),
             Origin::Variable(var) => write!(f, "environment variable {var}"),
+            Origin::Default(flag) => write!(f, "the default of {flag}"),
         }
     }
 }

@@ -4,9 +4,11 @@
 //!
 //! `layers` merges file, variables and flags into one configuration and, when the result
 //! is invalid, names the flag, variable or file line that made it so; `usage` turns
-//! clap's own errors into messages that name the variable a bad value came from.
+//! clap's own errors into messages that name the variable a bad value came from;
+//! `proxy` turns the options of `fwdgate proxy` into its settings.
 
 mod layers;
+mod proxy;
 mod report;
 mod usage;
 
@@ -53,6 +55,18 @@ pub enum Command {
     CheckConfig(GatewayArgs),
     /// Subscribe to a gateway and print one tenant's lines as they arrive.
     Tail(TailArgs),
+    /// Run a ZeroMQ proxy (XSUB in, XPUB out) between many gateways and their subscribers.
+    #[command(
+        long_about = "Run a ZeroMQ proxy (XSUB in, XPUB out) between many gateways and their \
+        subscribers.\n\n\
+        Gateways connect their PUB socket to the XSUB side (output.zmq_connect); collectors \
+        connect their SUB sockets to the XPUB side. Subscriptions travel upstream, so each \
+        gateway sees which topics somebody downstream subscribes to: a topic once when its \
+        first subscriber arrives, and its removal when the last one leaves. SIGTERM or SIGINT \
+        stops the proxy and exits 0. Every option is also an FWDGATE_PROXY_* environment \
+        variable; a flag beats its variable."
+    )]
+    Proxy(ProxyArgs),
     /// Print the completion script for a shell (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -158,6 +172,52 @@ pub struct GatewayArgs {
     #[arg(long, env = "FWDGATE_LOG_LEVEL", value_name = "LEVEL")]
     pub log_level: Option<String>,
     /// Where each option given came from, by field name (filled in by [`parse`]).
+    #[arg(skip)]
+    pub origins: BTreeMap<String, Origin>,
+}
+
+/// Options of `fwdgate proxy`. A repeatable flag (or its comma-separated variable)
+/// replaces the default list.
+#[derive(Debug, Args, Default)]
+pub struct ProxyArgs {
+    /// ZeroMQ endpoint the XSUB socket binds, where gateways connect their PUB (repeatable).
+    #[arg(
+        long,
+        env = "FWDGATE_PROXY_XSUB_BIND",
+        value_name = "ENDPOINT",
+        value_delimiter = ',',
+        default_value = "tcp://0.0.0.0:6363"
+    )]
+    pub xsub_bind: Vec<String>,
+    /// ZeroMQ endpoint the XPUB socket binds, where subscribers connect (repeatable).
+    #[arg(
+        long,
+        env = "FWDGATE_PROXY_XPUB_BIND",
+        value_name = "ENDPOINT",
+        value_delimiter = ',',
+        default_value = "tcp://0.0.0.0:6364"
+    )]
+    pub xpub_bind: Vec<String>,
+    /// Address of the HTTP endpoint for /metrics, /healthz and /readyz (off by default).
+    #[arg(long, env = "FWDGATE_PROXY_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// Format of the proxy's own log.
+    #[arg(
+        long,
+        env = "FWDGATE_PROXY_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
+    /// Log level or tracing filter.
+    #[arg(
+        long,
+        env = "FWDGATE_PROXY_LOG_LEVEL",
+        value_name = "LEVEL",
+        default_value = "info"
+    )]
+    pub log_level: String,
+    /// Where each option came from, by field name (filled in by [`parse`]).
     #[arg(skip)]
     pub origins: BTreeMap<String, Origin>,
 }

@@ -4,9 +4,10 @@
 //! value is invalid it still names the flag (`invalid value 'xml' for '--format
 //! <FORMAT>'`), which the user did not type. Here such an error names the variable.
 //! After a good parse, each gateway option records whether it came from its flag or its
-//! variable, for the errors of the configuration layers.
+//! variable, for the errors of the configuration layers; each option of `fwdgate proxy`
+//! likewise, or that it is the default, for the proxy's errors.
 
-use super::{Cli, GatewayArgs, Origin};
+use super::{Cli, Command, GatewayArgs, Origin, ProxyArgs};
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches};
@@ -40,17 +41,25 @@ where
         Ok(cli) => cli,
         Err(e) => return classify(e, &argv),
     };
-    let gateway_matches = match matches.subcommand() {
-        Some(("run" | "check-config", sub)) => sub,
-        _ => &matches,
-    };
-    cli.gateway_args_mut().origins = origins(gateway_matches);
+    match (&mut cli.command, matches.subcommand()) {
+        (Some(Command::Proxy(proxy)), Some(("proxy", sub))) => {
+            proxy.origins = origins::<ProxyArgs>(sub);
+        }
+        (_, sub) => {
+            let gateway_matches = match sub {
+                Some(("run" | "check-config", sub)) => sub,
+                _ => &matches,
+            };
+            cli.gateway_args_mut().origins = origins::<GatewayArgs>(gateway_matches);
+        }
+    }
     ParseOutcome::Parsed(Box::new(cli))
 }
 
-/// Where each gateway option with a value came from: its flag or its variable.
-fn origins(matches: &ArgMatches) -> std::collections::BTreeMap<String, Origin> {
-    let defs = GatewayArgs::augment_args(clap::Command::new("gateway"));
+/// Where each option of `A` with a value came from: its flag, its variable, or its
+/// default.
+fn origins<A: Args>(matches: &ArgMatches) -> std::collections::BTreeMap<String, Origin> {
+    let defs = A::augment_args(clap::Command::new("options"));
     defs.get_arguments()
         .filter_map(|arg| {
             let id = arg.get_id().as_str();
@@ -59,6 +68,7 @@ fn origins(matches: &ArgMatches) -> std::collections::BTreeMap<String, Origin> {
                 ValueSource::EnvVariable => {
                     Origin::Variable(arg.get_env()?.to_string_lossy().into_owned())
                 }
+                ValueSource::DefaultValue => Origin::Default(format!("--{}", arg.get_long()?)),
                 _ => return None,
             };
             Some((id.to_owned(), origin))
@@ -86,7 +96,8 @@ fn classify(e: clap::Error, argv: &[OsString]) -> ParseOutcome {
     else {
         return ParseOutcome::Clap(e);
     };
-    let Some(variable) = variable_of(&Cli::command(), long) else {
+    let cli = Cli::command();
+    let Some(variable) = variable_of(command_of(&cli, argv), long) else {
         return ParseOutcome::Clap(e);
     };
     if given_on_command_line(argv, long) {
@@ -103,13 +114,23 @@ fn classify(e: clap::Error, argv: &[OsString]) -> ParseOutcome {
     ParseOutcome::BadVariable(message)
 }
 
-/// The variable of the option `--long`, in this command or any of its commands.
+/// The command whose options `argv` gives: a command's options follow its name, which
+/// is then the first argument (`args_conflicts_with_subcommands`), else the top level's.
+fn command_of<'a>(cli: &'a clap::Command, argv: &[OsString]) -> &'a clap::Command {
+    argv.get(1)
+        .and_then(|a| a.to_str())
+        .and_then(|name| cli.find_subcommand(name))
+        .unwrap_or(cli)
+}
+
+/// The variable of the option `--long` of this command. Only this command's: the same
+/// flag of another command has another variable (`--log-format` of the gateway and of
+/// the proxy).
 fn variable_of(cmd: &clap::Command, long: &str) -> Option<String> {
     cmd.get_arguments()
         .find(|a| a.get_long() == Some(long))
         .and_then(|a| a.get_env())
         .map(|v| v.to_string_lossy().into_owned())
-        .or_else(|| cmd.get_subcommands().find_map(|sub| variable_of(sub, long)))
 }
 
 /// `--long VALUE` or `--long=VALUE` before any `--`.
@@ -150,6 +171,43 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn every_proxy_flag_has_a_proxy_variable() {
+        let cli = Cli::command();
+        let argv = [OsString::from("fwdgate"), OsString::from("proxy")];
+        let proxy = command_of(&cli, &argv);
+        assert_eq!(proxy.get_name(), "proxy");
+        for arg in ProxyArgs::augment_args(clap::Command::new("p")).get_arguments() {
+            if let Some(long) = arg.get_long() {
+                let variable = variable_of(proxy, long);
+                assert!(
+                    variable
+                        .as_deref()
+                        .is_some_and(|v| v.starts_with("FWDGATE_PROXY_")),
+                    "--{long} has {variable:?}, not an FWDGATE_PROXY_* variable"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn proxy_options_record_flag_and_default_origins() {
+        let ParseOutcome::Parsed(cli) = parse(["fwdgate", "proxy", "--xpub-bind", "tcp://x:1"])
+        else {
+            panic!("not parsed")
+        };
+        let Some(Command::Proxy(p)) = &cli.command else {
+            panic!("not the proxy: {:?}", cli.command)
+        };
+        assert_eq!(p.xpub_bind, ["tcp://x:1"]);
+        assert_eq!(p.xsub_bind, ["tcp://0.0.0.0:6363"]);
+        assert_eq!(p.origins["xpub_bind"], Origin::Flag("--xpub-bind".into()));
+        assert_eq!(
+            p.origins["xsub_bind"],
+            Origin::Default("--xsub-bind".into())
+        );
     }
 
     #[test]

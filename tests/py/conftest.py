@@ -107,8 +107,11 @@ class Gateway:
     """One fwdgate process, started with JSON logs and ephemeral ports."""
 
     def __init__(self, args, env=None, listen=True, zmq_bind=True, tenant_keys=None,
-                 service_keys=None, cwd=None, command=()):
+                 service_keys=None, cwd=None, command=(), ready_message="fwdgate ready"):
+        """``ready_message``: the log line that says the process is ready (`fwdgate
+        proxy` logs "fwdgate proxy ready")."""
         self.args = list(args)
+        self.ready_message = ready_message
         base = []
         if listen:
             base += ["--listen", "127.0.0.1:0"]
@@ -152,8 +155,8 @@ class Gateway:
         if self._ready is None:
             self.stop()
             pytest.fail(
-                "fwdgate did not log 'fwdgate ready' within %.0fs (argv %r, exit %r); stderr so far:\n%s"
-                % (READY_TIMEOUT, self.argv, self.proc.returncode, self.stderr_text()),
+                "fwdgate did not log %r within %.0fs (argv %r, exit %r); stderr so far:\n%s"
+                % (self.ready_message, READY_TIMEOUT, self.argv, self.proc.returncode, self.stderr_text()),
                 pytrace=False,
             )
         f = _fields(self._ready)
@@ -174,7 +177,7 @@ class Gateway:
                 obj = None
             with self._cond:
                 self.logs.append((line, obj))
-                if self._ready is None and _fields(obj).get("message") == "fwdgate ready":
+                if self._ready is None and _fields(obj).get("message") == self.ready_message:
                     self._ready = obj
                 self._cond.notify_all()
         with self._cond:

@@ -188,7 +188,7 @@ complete -p fwdgate
     r = subprocess.run(["bash", "-c", probe, "probe", str(script)], capture_output=True, timeout=20)
     assert r.returncode == 0, r.stderr
     commands, tail_opts, registered = r.stdout.decode().splitlines()
-    for word in ("run", "check-config", "tail", "completions", "man", "--listen"):
+    for word in ("run", "check-config", "tail", "proxy", "completions", "man", "--listen"):
         assert word in commands.split(), commands
     assert sorted(tail_opts.split()) == sorted(
         ["--connect", "--tenant", "--service", "--config", "--topic-suffix", "--help"]), tail_opts
@@ -219,8 +219,10 @@ def test_man_pages_per_command(tmp_path):
     p = run_fwdgate(["man", "--out-dir", str(out)], cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert sorted(os.listdir(out)) == ["fwdgate-check-config.1", "fwdgate-completions.1", "fwdgate-man.1",
-                                       "fwdgate-run.1", "fwdgate-tail.1", "fwdgate.1"]
+                                       "fwdgate-proxy.1", "fwdgate-run.1", "fwdgate-tail.1", "fwdgate.1"]
     assert b"topic\\-suffix" in (out / "fwdgate-tail.1").read_bytes()
+    proxy = (out / "fwdgate-proxy.1").read_bytes()
+    assert b"xsub\\-bind" in proxy and b"FWDGATE_PROXY_XPUB_BIND" in proxy
 
 
 def test_version_names_package_version_and_commit(tmp_path):
