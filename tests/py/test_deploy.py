@@ -450,6 +450,108 @@ def test_proxy_unit_sandbox_exposure():
     assert r.returncode == 0 and float(level.group(1)) <= 2.0, out
 
 
+# ------------------------------------------------------------------ the gateway's image, in a container
+
+
+@pytest.fixture(scope="module")
+def gateway_image(dockerd):
+    """The gateway's image, built from the release binary as the README says
+    (scripts/stage-image.sh, docker/Dockerfile.offline), tagged; removed by id
+    afterwards."""
+    if not os.access(RELEASE_BIN, os.X_OK):
+        fail("no release binary at %s (cargo build --release, or set FWDGATE_RELEASE_BIN)" % RELEASE_BIN)
+    image = None
+    tmp = tempfile.mkdtemp(prefix="fwdgate-stack-image-")
+    stage = os.path.join(tmp, "ctx")
+    tag = "local/fwdgate-deploy-test:%s" % peers.RUN_ID
+    try:
+        run_cmd([str(REPO_ROOT / "scripts" / "stage-image.sh"), RELEASE_BIN, stage], "stage-image", timeout=120)
+        iidfile = os.path.join(tmp, "iid")
+        run_cmd([peers.docker_bin(), "build", "-q", "--iidfile", iidfile, "--label", peers.TEST_LABEL, "-t", tag,
+                 "-f", str(REPO_ROOT / "docker" / "Dockerfile.offline"), stage], "docker build", timeout=300)
+        image = open(iidfile).read().strip()
+        yield tag
+    finally:
+        if image:
+            docker("image", "rm", "--force", image, check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class ContainerGateway:
+    """A gateway in a container as the conftest Subscriber needs it: probes sent over
+    the forward protocol, and its log (``log()``) for error messages."""
+
+    def __init__(self, addr, log):
+        self.addr = addr
+        self.log = log
+        self.client = None
+
+    def send_probe(self, marker, tenant=PROBE_TENANT, service="zzprobe-svc"):
+        if self.client is None:
+            self.client = fwd.Client(self.addr)
+        self.client.send(fwd.message("probe", int(time.time()),
+                                     {"TENANT_ID": tenant, "SERVICE_ID": service, "log": marker}, {}))
+
+    def stderr_text(self):
+        return self.log()
+
+    def close(self):
+        if self.client is not None:
+            self.client.sock.close()
+            self.client = None
+
+
+def container_log(cid) -> str:
+    """The last of a container's log (the gateway logs on standard error)."""
+    r = docker("logs", cid, check=False, timeout=30)
+    return (r.stdout + r.stderr).decode("utf-8", "replace")[-4000:]
+
+
+def metrics(addr) -> dict:
+    status, body = http_status("http://%s/metrics" % addr)
+    assert status == 200, (status, body)
+    out = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def free_forward_port():
+    """A port free on 127.0.0.1 for TCP and UDP (the gateway answers heartbeats on UDP)."""
+    for _ in range(50):
+        port = peers.free_port()
+        if peers.port_in_use(port) is None and peers.port_in_use(port, socket.SOCK_DGRAM) is None:
+            return port
+    fail("no port free for both TCP and UDP on 127.0.0.1 in 50 tries")
+
+
+def loopback_addresses():
+    """The stack's three addresses on 127.0.0.1, on ports free a moment ago."""
+    forward, pub, metrics_port = free_forward_port(), peers.free_port(), peers.free_port()
+    assert len({forward, pub, metrics_port}) == 3
+    env = {
+        "FWDGATE_LISTEN": "127.0.0.1:%d" % forward,
+        "FWDGATE_ZMQ_BIND": "tcp://127.0.0.1:%d" % pub,
+        "FWDGATE_METRICS_LISTEN": "127.0.0.1:%d" % metrics_port,
+    }
+    return env, ("127.0.0.1", forward), "tcp://127.0.0.1:%d" % pub, "127.0.0.1:%d" % metrics_port
+
+
+def wait_connections_closed(metrics_addr, accepted, what, timeout=30):
+    """At least ``accepted`` connections accepted and all closed but the probe client's.
+    The gateway hands over a connection's requests before it counts it closed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        m = metrics(metrics_addr)
+        if m["fwdgate_connections_accepted_total"] >= accepted and m["fwdgate_connections_active"] == 1:
+            return m
+        if time.monotonic() > deadline:
+            fail("%s: connections still open after %.0f s: %r" % (what, timeout, m))
+        time.sleep(0.1)
+
+
 # ------------------------------------------------------------------ the DaemonSet's pod, on Docker
 
 
@@ -507,7 +609,7 @@ def test_kubernetes_daemonset_pod_runs_on_docker(gateway_image, busybox_image, c
 
         cid = containers.run("--network", "none", *docker_security_flags(init["securityContext"]), *mounts(init),
                              cmd=init["command"])
-        assert containers.wait(cid, timeout=60, what=" (the init container)") == 0, peers.docker_out("logs", cid)
+        assert containers.wait(cid, timeout=60, what=" (the init container)") == 0, container_log(cid)
         sock_dir, spool_dir = os.path.join(host, "run-fwdgate"), os.path.join(host, "var-lib-fwdgate")
         uid = gwc["securityContext"]["runAsUser"]
         for d in (sock_dir, spool_dir):
@@ -524,7 +626,7 @@ def test_kubernetes_daemonset_pod_runs_on_docker(gateway_image, busybox_image, c
         def gone():
             state = peers.docker_out("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", gw_cid)
             if not state.startswith("running"):
-                return "gateway container %s: %s; log:\n%s" % (state, gw_cid[:12], peers.docker_out("logs", gw_cid))
+                return "gateway container %s: %s; log:\n%s" % (gw_cid[:12], state, container_log(gw_cid))
             return None
 
         for probe in ("livenessProbe", "readinessProbe"):
@@ -535,8 +637,7 @@ def test_kubernetes_daemonset_pod_runs_on_docker(gateway_image, busybox_image, c
         st = os.stat(sock)
         assert (st.st_uid, oct(st.st_mode & 0o777)) == (uid, "0o660")
 
-        gw = StackGateway(forward, None)
-        gw.stderr_text = lambda: peers.docker_out("logs", gw_cid)
+        gw = ContainerGateway(forward, lambda: container_log(gw_cid))
         tenant = "k8s%s" % uuid.uuid4().hex[:8]
         sub = Subscriber(pub, [tenant.encode()], PROBE_TENANT.encode())
         try:
@@ -600,66 +701,6 @@ def test_swarm_stack_file(tmp_path):
 
 
 # ------------------------------------------------------------------ Swarm: deployed
-
-
-@pytest.fixture(scope="module")
-def gateway_image(dockerd):
-    """The gateway's image, built from the release binary as the README says
-    (scripts/stage-image.sh, docker/Dockerfile.offline), tagged; removed by id
-    afterwards."""
-    if not os.access(RELEASE_BIN, os.X_OK):
-        fail("no release binary at %s (cargo build --release, or set FWDGATE_RELEASE_BIN)" % RELEASE_BIN)
-    image = None
-    tmp = tempfile.mkdtemp(prefix="fwdgate-stack-image-")
-    stage = os.path.join(tmp, "ctx")
-    tag = "local/fwdgate-deploy-test:%s" % peers.RUN_ID
-    try:
-        run_cmd([str(REPO_ROOT / "scripts" / "stage-image.sh"), RELEASE_BIN, stage], "stage-image", timeout=120)
-        iidfile = os.path.join(tmp, "iid")
-        run_cmd([peers.docker_bin(), "build", "-q", "--iidfile", iidfile, "--label", peers.TEST_LABEL, "-t", tag,
-                 "-f", str(REPO_ROOT / "docker" / "Dockerfile.offline"), stage], "docker build", timeout=300)
-        image = open(iidfile).read().strip()
-        yield tag
-    finally:
-        if image:
-            docker("image", "rm", "--force", image, check=False)
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-class StackGateway:
-    """The stack's gateway as the conftest Subscriber needs it: probes sent over the
-    forward protocol, and its log (`docker service logs`) for error messages."""
-
-    def __init__(self, addr, service_id):
-        self.addr = addr
-        self.service_id = service_id
-        self.client = None
-
-    def send_probe(self, marker, tenant=PROBE_TENANT, service="zzprobe-svc"):
-        if self.client is None:
-            self.client = fwd.Client(self.addr)
-        self.client.send(fwd.message("probe", int(time.time()),
-                                     {"TENANT_ID": tenant, "SERVICE_ID": service, "log": marker}, {}))
-
-    def stderr_text(self):
-        r = docker("service", "logs", "--raw", "--no-trunc", self.service_id, check=False, timeout=30)
-        return (r.stdout + r.stderr).decode("utf-8", "replace")[-4000:]
-
-    def close(self):
-        if self.client is not None:
-            self.client.sock.close()
-            self.client = None
-
-
-def metrics(addr) -> dict:
-    status, body = http_status("http://%s/metrics" % addr)
-    assert status == 200, (status, body)
-    out = {}
-    for line in body.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-    return out
 
 
 def stack_objects(kind, stack):
@@ -756,40 +797,6 @@ class Stack:
         assert left == {k: [] for k in left}, "left of stack %s: %r" % (self.name, left)
 
 
-def free_forward_port():
-    """A port free on 127.0.0.1 for TCP and UDP (the gateway answers heartbeats on UDP)."""
-    for _ in range(50):
-        port = peers.free_port()
-        if peers.port_in_use(port) is None and peers.port_in_use(port, socket.SOCK_DGRAM) is None:
-            return port
-    fail("no port free for both TCP and UDP on 127.0.0.1 in 50 tries")
-
-
-def loopback_addresses():
-    """The stack's three addresses on 127.0.0.1, on ports free a moment ago."""
-    forward, pub, metrics_port = free_forward_port(), peers.free_port(), peers.free_port()
-    assert len({forward, pub, metrics_port}) == 3
-    env = {
-        "FWDGATE_LISTEN": "127.0.0.1:%d" % forward,
-        "FWDGATE_ZMQ_BIND": "tcp://127.0.0.1:%d" % pub,
-        "FWDGATE_METRICS_LISTEN": "127.0.0.1:%d" % metrics_port,
-    }
-    return env, ("127.0.0.1", forward), "tcp://127.0.0.1:%d" % pub, "127.0.0.1:%d" % metrics_port
-
-
-def wait_connections_closed(metrics_addr, accepted, what, timeout=30):
-    """At least ``accepted`` connections accepted and all closed but the probe client's.
-    The gateway hands over a connection's requests before it counts it closed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        m = metrics(metrics_addr)
-        if m["fwdgate_connections_accepted_total"] >= accepted and m["fwdgate_connections_active"] == 1:
-            return m
-        if time.monotonic() > deadline:
-            fail("%s: connections still open after %.0f s: %r" % (what, timeout, m))
-        time.sleep(0.1)
-
-
 @pytest.mark.release
 def test_swarm_stack_deployed_carries_a_containers_lines(stack, busybox_image, containers):
     env, forward, pub, metrics_addr = loopback_addresses()
@@ -800,7 +807,7 @@ def test_swarm_stack_deployed_carries_a_containers_lines(stack, busybox_image, c
     mounts = docker_out("inspect", "--format", "{{range .Mounts}}{{.Type}} {{.Name}} {{.Destination}};{{end}}", cid)
     assert mounts == "volume %s_spool /var/lib/fwdgate;" % stack.name
 
-    gw = StackGateway(forward, sid)
+    gw = ContainerGateway(forward, stack.log)
     tenant = "deploy%s" % uuid.uuid4().hex[:8]
     sub = Subscriber(pub, [tenant.encode()], PROBE_TENANT.encode())
     try:
@@ -854,7 +861,7 @@ def test_swarm_stack_takes_an_edited_config(stack, tmp_path):
     assert mounts == "%s_spool;" % stack.name
 
     # a record without TENANT_ID goes to the edited default tenant
-    gw = StackGateway(forward, stack.sid)
+    gw = ContainerGateway(forward, stack.log)
     sub = Subscriber(pub, [tenant.encode()], PROBE_TENANT.encode())
     client = None
     try:
