@@ -273,7 +273,7 @@ def test_kubernetes_objects_and_their_ties(tmp_path):
         assert sc["capabilities"]["drop"] == ["ALL"], c["name"]
         res = c["resources"]
         assert set(res["requests"]) == set(res["limits"]) == {"cpu", "memory"}, c["name"]
-    assert init["securityContext"]["capabilities"]["add"] == ["CHOWN"]
+    assert init["securityContext"]["capabilities"]["add"] == ["CHOWN", "FOWNER"]
     for c, pod_sc in ((gw, pod["securityContext"]), (proxy_pod["containers"][0], proxy_pod["securityContext"])):
         sc = {**pod_sc, **c["securityContext"]}
         assert sc["runAsNonRoot"] is True and sc["runAsUser"] != 0, c["name"]
@@ -573,15 +573,17 @@ def docker_security_flags(sc):
 @pytest.mark.release
 def test_kubernetes_daemonset_pod_runs_on_docker(gateway_image, busybox_image, containers):
     """The DaemonSet's pod as Docker runs it, taken from the manifests: the init
-    container's command (busybox, root with CHOWN only, read-only) on two fresh host
-    directories standing for the hostPaths, then the gateway container with the image
+    container's command (busybox, root with CHOWN and FOWNER only, read-only) on two
+    fresh host directories standing for the hostPaths, twice (a pod's first start on a
+    node, and a restart), then the gateway container with the image
     built from the release binary, the ConfigMap's file, the container's args, its
     securityContext (user 65534, read-only root, no capabilities, no privilege
     escalation) and the host network (the addresses moved to 127.0.0.1 with the
     FWDGATE_* variables). Its probes' paths answer 200 on the metrics port; a
     container logs through Docker's fluentd driver to the unix socket in the socket's
     host directory, and its lines reach a pyzmq subscriber; the spool's files are on
-    the host; `docker stop` ends the gateway with status 0."""
+    the host; `docker stop` ends the gateway with status 0, and it starts again on the
+    same directories, also after a SIGKILL."""
     objs = k8s_objects()
     pod = objs["DaemonSet", "fwdgate"]["spec"]["template"]["spec"]
     (init,), (gwc,) = pod["initContainers"], pod["containers"]
@@ -607,14 +609,19 @@ def test_kubernetes_daemonset_pod_runs_on_docker(gateway_image, busybox_image, c
                 flags += ["-v", "%s:%s%s" % (src, m["mountPath"], ":ro" if m.get("readOnly") else "")]
             return flags
 
-        cid = containers.run("--network", "none", *docker_security_flags(init["securityContext"]), *mounts(init),
-                             cmd=init["command"])
-        assert containers.wait(cid, timeout=60, what=" (the init container)") == 0, container_log(cid)
         sock_dir, spool_dir = os.path.join(host, "run-fwdgate"), os.path.join(host, "var-lib-fwdgate")
         uid = gwc["securityContext"]["runAsUser"]
-        for d in (sock_dir, spool_dir):
-            st = os.stat(d)
-            assert (st.st_uid, st.st_gid) == (uid, uid), (d, st)
+        # twice: on the node's first pod, and on every later one (a restart, an update),
+        # when the directories are the gateway's already
+        for run in ("first", "again"):
+            cid = containers.run("--network", "none", *docker_security_flags(init["securityContext"]),
+                                 *mounts(init), cmd=init["command"])
+            status = containers.wait(cid, timeout=60, what=" (the init container, %s)" % run)
+            assert status == 0, "init container (%s): exit %d: %s" % (run, status, container_log(cid))
+            for d in (sock_dir, spool_dir):
+                st = os.stat(d)
+                assert (st.st_uid, st.st_gid) == (uid, uid), (d, st)
+            assert oct(os.stat(spool_dir).st_mode & 0o777) == "0o750"
 
         env, forward, pub, metrics_addr = loopback_addresses()
         env_flags = [x for k, v in env.items() for x in ("-e", "%s=%s" % (k, v))]
@@ -659,6 +666,19 @@ def test_kubernetes_daemonset_pod_runs_on_docker(gateway_image, busybox_image, c
         spool = sorted(os.listdir(spool_dir))
         assert "lock" in spool and any(f.endswith(".seg") for f in spool), spool
         assert all(os.stat(os.path.join(spool_dir, f)).st_uid == uid for f in spool)
+        peers.docker("stop", "--time", str(pod["terminationGracePeriodSeconds"]), gw_cid, timeout=120)
+        assert peers.docker_out("inspect", "--format", "{{.State.ExitCode}}", gw_cid) == "0"
+        assert not os.path.exists(sock)  # a clean stop removes the socket file
+        # the pod restarted, after that stop and after a SIGKILL (which leaves the socket
+        # file and the spool's lock file behind): the gateway takes its directories over
+        ready = "http://%s%s" % (metrics_addr, gwc["readinessProbe"]["httpGet"]["path"])
+        peers.docker("start", gw_cid)
+        wait_http_ok(ready, 60, alive=gone, what="the DaemonSet's gateway, restarted")
+        peers.docker("kill", gw_cid)
+        assert containers.wait(gw_cid, timeout=30, what=" (the gateway, SIGKILLed)") == 128 + signal.SIGKILL
+        assert os.path.exists(sock)
+        peers.docker("start", gw_cid)
+        wait_http_ok(ready, 60, alive=gone, what="the DaemonSet's gateway, restarted after SIGKILL")
         peers.docker("stop", "--time", str(pod["terminationGracePeriodSeconds"]), gw_cid, timeout=120)
         assert peers.docker_out("inspect", "--format", "{{.State.ExitCode}}", gw_cid) == "0"
     finally:
