@@ -23,6 +23,7 @@ Everything listens on 127.0.0.1.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import shutil
@@ -703,6 +704,7 @@ def test_swarm_stack_file(tmp_path):
     assert svc["deploy"]["update_config"]["order"] == "stop-first"
     assert svc["networks"] == ["hostnet"] and stack["networks"]["hostnet"] == {"external": True, "name": "host"}
     assert "healthcheck" not in svc
+    assert svc["read_only"] is True and svc["cap_drop"] == ["ALL"]
     dockerfile = (REPO_ROOT / "docker" / "Dockerfile.offline").read_text()
     assert "FROM scratch" in dockerfile and "RUN " not in dockerfile
 
@@ -772,12 +774,26 @@ class Stack:
             return "task states %r; service log:\n%s" % (bad, self.log())
         return None
 
-    def running_task(self):
-        """(task id, container id) of the one task meant to run."""
-        (task,) = docker_out("service", "ps", "-q", "--no-trunc", "--filter", "desired-state=running",
-                             self.sid).split()
-        cid = docker_out("inspect", "--type", "task", "--format", "{{.Status.ContainerStatus.ContainerID}}", task)
-        return task, cid
+    def running_task(self, timeout=30):
+        """(task id, container id) of the one task meant to run, once the swarm's
+        manager has it running. The node's agent reports a task's state and container
+        to the manager a moment after the container starts, so the gateway may already
+        answer when the task still shows neither."""
+        deadline = time.monotonic() + timeout
+        while True:
+            tasks = docker_out("service", "ps", "-q", "--no-trunc", "--filter", "desired-state=running",
+                               self.sid).split()
+            if len(tasks) == 1:
+                status = json.loads(docker_out("inspect", "--type", "task", "--format", "{{json .Status}}", tasks[0]))
+                cid = (status.get("ContainerStatus") or {}).get("ContainerID")
+                if status.get("State") == "running" and cid:
+                    return tasks[0], cid
+            else:
+                status = None
+            if time.monotonic() > deadline:
+                fail("stack %s: no single running task with a container within %.0f s: tasks %r, status %r"
+                     % (self.name, timeout, tasks, status))
+            time.sleep(0.2)
 
     def wait_ready(self, metrics_addr, timeout=120):
         """The gateway is up when its readiness endpoint says so (the image has no
@@ -826,6 +842,9 @@ def test_swarm_stack_deployed_carries_a_containers_lines(stack, busybox_image, c
     assert docker_out("inspect", "--format", "{{.HostConfig.NetworkMode}}", cid) == "host"
     mounts = docker_out("inspect", "--format", "{{range .Mounts}}{{.Type}} {{.Name}} {{.Destination}};{{end}}", cid)
     assert mounts == "volume %s_spool /var/lib/fwdgate;" % stack.name
+    confined = docker_out("inspect", "--format", "{{.HostConfig.ReadonlyRootfs}} {{.HostConfig.CapDrop}} {{.Config.User}}",
+                          cid)
+    assert confined == "true [ALL] 65534:65534"
 
     gw = ContainerGateway(forward, stack.log)
     tenant = "deploy%s" % uuid.uuid4().hex[:8]
