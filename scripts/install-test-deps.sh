@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 #                    the Go client library that Docker itself uses, built offline
 #   docker-compose   Compose v1, for the docker-compose.yml at the repository root
 #   openssl          makes the certificates of the TLS tests
-#   systemd          systemd-analyze, which checks the .deb's unit
+#   systemd          systemd-analyze, which checks the systemd units (packaging/)
 #   groff-base, man-db  render and find the man page in its tests
 APT_PACKAGES=(docker.io busybox-static golang-go golang-github-fluent-fluent-logger-golang-dev docker-compose openssl
               systemd groff-base man-db)

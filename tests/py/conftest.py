@@ -524,7 +524,7 @@ def pytest_sessionfinish(session, exitstatus):
 # `docker`: the test needs a Docker daemon (it uses one of the fixtures below); `release`:
 # it needs the release build or what is made from it (the .deb, the image, the README's
 # `cargo install`). `scripts/test-all.sh --quick` runs the tests that are neither.
-DOCKER_FIXTURES = {"dockerd", "busybox_image", "containers"}
+DOCKER_FIXTURES = {"dockerd", "busybox_image", "containers", "swarm"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -553,6 +553,17 @@ def busybox_image(dockerd):
 
     peers.ensure_busybox_image()
     return peers.BUSYBOX_IMAGE
+
+
+@pytest.fixture(scope="module")
+def swarm(dockerd):
+    """A single-node swarm (on 127.0.0.1) for the module's tests: initialised once for
+    the module and left afterwards, pass or fail, unless the daemon was already in a
+    swarm before (then it is used and left as it was). Yields "ours" or "existing"."""
+    import peers
+
+    with peers.single_node_swarm() as how:
+        yield how
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import calendar
 import collections
+import contextlib
 import json
 import os
 import shutil
@@ -128,6 +129,50 @@ def ensure_busybox_image():
         return
     run_cmd([str(SCRIPTS / "make-busybox-image.sh"), BUSYBOX_IMAGE], "Docker (import of local/busybox)",
             timeout=120, env=dict(os.environ, DOCKER=docker_bin()))
+
+
+# ------------------------------------------------------------------ swarm mode
+
+SWARM_PORT = 2377  # cluster management; 7946 is the node-to-node gossip port
+SWARM_PORTS = [2377, 7946]
+
+
+def swarm_state():
+    return docker_out("info", "--format", "{{.Swarm.LocalNodeState}}")
+
+
+def gwbridge_id():
+    return docker_out("network", "ls", "--quiet", "--filter", "name=^docker_gwbridge$")
+
+
+@contextlib.contextmanager
+def single_node_swarm():
+    """A single-node swarm on 127.0.0.1: initialised here and left afterwards, pass or
+    fail, unless the daemon was already in a swarm (then it is used and left as it was).
+    Yields "ours" or "existing"."""
+    state = swarm_state()
+    if state == "active":
+        yield "existing"
+        return
+    if state != "inactive":
+        fail("peer Docker swarm: node state is %r; expected inactive (or active)" % state)
+    for port in SWARM_PORTS:
+        busy = port_in_use(port)
+        if busy:
+            fail("peer Docker swarm: swarm mode needs port %d on 127.0.0.1, which is taken (%s)" % (port, busy))
+    had_gwbridge = gwbridge_id()
+    try:
+        docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", "127.0.0.1:%d" % SWARM_PORT,
+               timeout=60)
+        yield "ours"
+    finally:
+        docker("swarm", "leave", "--force", timeout=60, check=False)
+        left = swarm_state()
+        # swarm init created the docker_gwbridge network; remove it by id if it was not there before
+        gw_id = gwbridge_id()
+        if gw_id and not had_gwbridge:
+            docker("network", "rm", gw_id, check=False)
+        assert left == "inactive", "could not leave the swarm: state %r" % left
 
 
 # ------------------------------------------------------------------ containers

@@ -1,6 +1,6 @@
 """What people install: the Debian package (installed with dpkg for real, checked with
-dpkg -L, systemd-analyze verify and the installed files themselves, then purged) and the
-container image built offline from the release binary.
+dpkg -L, systemd-analyze verify of its two units and the installed files themselves,
+then purged) and the container image built offline from the release binary.
 
 The package: $FWDGATE_DEB, else the one scripts/build-deb.sh left in target/debian/. The
 release binary: $FWDGATE_RELEASE_BIN, else target/release/fwdgate.
@@ -23,11 +23,13 @@ pytestmark = pytest.mark.release
 
 RELEASE_BIN = os.environ.get("FWDGATE_RELEASE_BIN", str(REPO_ROOT / "target" / "release" / "fwdgate"))
 UNIT = "/usr/lib/systemd/system/fwdgate.service"
+PROXY_UNIT = "/usr/lib/systemd/system/fwdgate-proxy.service"
 CONFIG = "/etc/fwdgate/fwdgate.toml"
 INSTALLED = [
     "/usr/bin/fwdgate",
     CONFIG,
     UNIT,
+    PROXY_UNIT,
     "/usr/share/man/man1/fwdgate.1.gz",
     "/usr/share/man/man1/fwdgate-tail.1.gz",
     "/usr/share/man/man1/fwdgate-check-config.1.gz",
@@ -98,10 +100,13 @@ def test_deb_installs_binary_man_completions_unit_and_config(installed_deb):
 
 
 def test_deb_unit_passes_systemd_analyze_verify(installed_deb):
-    # verify loads the unit as systemd would, and checks that ExecStart's binary exists
+    # verify loads the units as systemd would, and checks that ExecStart's binary exists
     # and that the Documentation= man page is installed
-    r = subprocess.run(["systemd-analyze", "verify", UNIT], capture_output=True, timeout=60)
-    assert (r.returncode, r.stderr.decode()) == (0, ""), r.stderr.decode()
+    for unit in (UNIT, PROXY_UNIT):
+        r = subprocess.run(["systemd-analyze", "verify", unit], capture_output=True, timeout=60)
+        assert (r.returncode, r.stderr.decode()) == (0, ""), (unit, r.stderr.decode())
+    proxy_exec = re.search(r"^ExecStart=(.*)$", open(PROXY_UNIT).read(), re.M).group(1).split()
+    assert proxy_exec[:2] == ["/usr/bin/fwdgate", "proxy"], proxy_exec
     unit = open(UNIT).read()
     exec_start = re.search(r"^ExecStart=(.*)$", unit, re.M).group(1).split()
     assert exec_start == ["/usr/bin/fwdgate", "--config", CONFIG], exec_start

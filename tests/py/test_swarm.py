@@ -2,8 +2,9 @@
 every replica's lines arrive under the tenant taken from the swarm label
 ``com.docker.swarm.service.name`` (passed on with ``--log-opt labels=``).
 
-The swarm is initialised once for this module and left afterwards, pass or fail, unless
-the daemon was already in a swarm before (then it is used and left as it was).
+The swarm (the ``swarm`` fixture of conftest.py) is initialised once for this module and
+left afterwards, pass or fail, unless the daemon was already in a swarm before (then it
+is used and left as it was).
 """
 
 from __future__ import annotations
@@ -19,45 +20,7 @@ from peers import docker, docker_out, fail, recv_n, settle
 
 SWARM = "Docker swarm service (fluentd driver)"
 SERVICE_LABEL = "com.docker.swarm.service.name"
-SWARM_PORT = 2377  # cluster management; 7946 is the node-to-node gossip port
-SWARM_PORTS = [2377, 7946]
-
 pytestmark = pytest.mark.usefixtures("busybox_image")
-
-
-def swarm_state():
-    return docker_out("info", "--format", "{{.Swarm.LocalNodeState}}")
-
-
-def gwbridge_id():
-    return docker_out("network", "ls", "--quiet", "--filter", "name=^docker_gwbridge$")
-
-
-@pytest.fixture(scope="module")
-def swarm(dockerd):
-    state = swarm_state()
-    if state == "active":
-        yield "existing"
-        return
-    if state != "inactive":
-        fail("peer Docker swarm: node state is %r; expected inactive (or active)" % state)
-    for port in SWARM_PORTS:
-        busy = peers.port_in_use(port)
-        if busy:
-            fail("peer Docker swarm: swarm mode needs port %d on 127.0.0.1, which is taken (%s)" % (port, busy))
-    had_gwbridge = gwbridge_id()
-    try:
-        docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", "127.0.0.1:%d" % SWARM_PORT,
-               timeout=60)
-        yield "ours"
-    finally:
-        docker("swarm", "leave", "--force", timeout=60, check=False)
-        left = swarm_state()
-        # swarm init created the docker_gwbridge network; remove it by id if it was not there before
-        gw_id = gwbridge_id()
-        if gw_id and not had_gwbridge:
-            docker("network", "rm", gw_id, check=False)
-        assert left == "inactive", "could not leave the swarm: state %r" % left
 
 
 @pytest.fixture
