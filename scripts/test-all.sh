@@ -34,6 +34,13 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 
+step "MSRV: what fwdgate builds with needs no Rust newer than its rust-version (scripts/check-msrv.py)"
+python3 scripts/check-msrv.py
+
+step "cargo deny: licences, bans and duplicate versions, sources (deny.toml; no advisories: they need the network)"
+command -v cargo-deny >/dev/null || cargo install --locked cargo-deny@0.20.2
+cargo deny check licenses bans sources
+
 step "cargo test, and the debug gateway that the integration tests run"
 # Built together with the tests, the binary gets the tests' feature set of the
 # dependencies and shares their build (a separate `cargo build --bin` compiles libzmq
