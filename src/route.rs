@@ -341,6 +341,30 @@ impl Router {
     }
 }
 
+/// The two parts of an event's `seed` line, `<container id>: <line>`: the container id,
+/// and the line, which is either bytes of `data` or JSON rendered into `scratch`.
+pub fn seed_line<'a>(
+    data: &'a [u8],
+    ev: &Routed,
+    scratch: &'a mut Vec<u8>,
+) -> (&'a [u8], &'a [u8]) {
+    let id = ev.container.get(data);
+    let line = match ev.line {
+        Line::Bytes(s) => s.get(data),
+        Line::Json(s) => {
+            scratch.clear();
+            let bytes = s.get(data);
+            if crate::forward::to_json::write_value(scratch, &mut Cursor::new(bytes), bytes)
+                .is_err()
+            {
+                scratch.clear();
+            }
+            &scratch[..]
+        }
+    };
+    (id, line)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@
 use crate::config::RouteConfig;
 use crate::forward::request::ForwardEvents;
 use crate::forward::{decode_request, Entries, Event, Limits, Scanner};
-use crate::publish::format::seed_line;
+use crate::route::seed_line;
 use crate::route::Router;
 use std::io::Write;
 use std::ops::Range;

@@ -9,6 +9,7 @@ pub mod msgpack;
 pub mod request;
 pub mod scan;
 pub mod time;
+pub mod to_json;
 
 pub use request::{decode_request, Compression, Entries, Event, EventError, Request, RequestError};
 pub use scan::{Limits, ScanError, Scanner};

@@ -3,11 +3,11 @@
 
 use super::forward_body::{body_len, entry_len, write_body_start, write_entry, Extra, Out};
 use super::groups::Groups;
-use super::json::{write_base64, write_key, write_str, write_value};
 use crate::config::{Format, OutputConfig, RouteConfig};
 use crate::event::RoutedEvents;
 use crate::forward::msgpack::{Cursor, Kind, ReadError};
-use crate::route::{Line, Routed};
+use crate::forward::to_json::{write_base64, write_key, write_str, write_value};
+use crate::route::{seed_line, Routed};
 use std::io::Write;
 
 /// Where frames go: the ZeroMQ socket, or a list in tests.
@@ -237,28 +237,6 @@ impl Encoder {
     }
 }
 
-/// The two parts of an event's `seed` line, `<container id>: <line>`: the container id,
-/// and the line, which is either bytes of `data` or JSON rendered into `scratch`.
-pub fn seed_line<'a>(
-    data: &'a [u8],
-    ev: &Routed,
-    scratch: &'a mut Vec<u8>,
-) -> (&'a [u8], &'a [u8]) {
-    let id = ev.container.get(data);
-    let line = match ev.line {
-        Line::Bytes(s) => s.get(data),
-        Line::Json(s) => {
-            scratch.clear();
-            let bytes = s.get(data);
-            if write_value(scratch, &mut Cursor::new(bytes), bytes).is_err() {
-                scratch.clear();
-            }
-            &scratch[..]
-        }
-    };
-    (id, line)
-}
-
 /// Sends the first two frames of a message: the tenant (with the topic suffix) and the
 /// service.
 fn send_route<S: Sink>(
@@ -366,7 +344,7 @@ fn write_record(
 mod tests {
     use super::*;
     use crate::forward::EventTime;
-    use crate::route::Span;
+    use crate::route::{Line, Span};
     use bytes::Bytes;
     use std::convert::Infallible;
 

@@ -6,7 +6,6 @@ mod endpoints;
 pub mod format;
 mod forward_body;
 mod groups;
-pub mod json;
 mod monitor;
 pub mod ratelimit;
 mod worker;

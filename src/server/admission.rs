@@ -55,12 +55,12 @@ pub enum Refusal {
 }
 
 /// Holds a connection's place; released when dropped.
-pub struct Ticket {
+pub struct Place {
     admission: Arc<Admission>,
     ip: Option<IpAddr>,
 }
 
-impl Drop for Ticket {
+impl Drop for Place {
     fn drop(&mut self) {
         Counters::decrease(&self.admission.counters.connections_admitted, 1);
         if let Some(ip) = self.ip {
@@ -92,7 +92,7 @@ impl Admission {
 
     /// Admits a connection from `ip` (`None` for unix sockets, which only the total cap
     /// applies to), or says why not.
-    pub fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Ticket, Refusal> {
+    pub fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Place, Refusal> {
         let rules = self.rules.load();
         if let Some(ip) = ip {
             if rules.deny.iter().any(|n| n.contains(&ip)) {
@@ -106,13 +106,13 @@ impl Admission {
             .counters
             .connections_admitted
             .fetch_add(1, Ordering::SeqCst);
-        // From here the ticket exists: dropping it undoes both counts.
-        let mut ticket = Ticket {
+        // From here the place exists: dropping it undoes both counts.
+        let mut place = Place {
             admission: self.clone(),
             ip: None,
         };
         if rules.max_connections > 0 && open >= rules.max_connections {
-            drop(ticket);
+            drop(place);
             return self.refuse(Refusal::AtMaxConnections(open));
         }
         if let Some(ip) = ip {
@@ -121,16 +121,16 @@ impl Admission {
             if rules.max_per_source > 0 && *n >= rules.max_per_source {
                 let n = *n;
                 drop(m);
-                drop(ticket);
+                drop(place);
                 return self.refuse(Refusal::AtMaxPerSource { open: n, ip });
             }
             *n += 1;
-            ticket.ip = Some(ip);
+            place.ip = Some(ip);
         }
-        Ok(ticket)
+        Ok(place)
     }
 
-    fn refuse(&self, reason: Refusal) -> Result<Ticket, Refusal> {
+    fn refuse(&self, reason: Refusal) -> Result<Place, Refusal> {
         self.counters
             .connections_refused
             .fetch_add(1, Ordering::Relaxed);

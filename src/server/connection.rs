@@ -14,11 +14,11 @@ use crate::forward::ack::{encode_ack, encode_json_ack};
 use crate::forward::compression::DecompressError;
 use crate::forward::json::{json_to_msgpack, starts_json, JsonError, JsonScanner};
 use crate::forward::msgpack::Cursor;
+use crate::forward::to_json::write_value;
 use crate::forward::{
     decode_request, Compression, Entries, Limits, RequestError, ScanError, Scanner,
 };
 use crate::metrics::Counters;
-use crate::publish::json::write_value;
 use bytes::{Buf, Bytes, BytesMut};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -202,7 +202,7 @@ pub struct Origin {
     /// path), for duplicate detection and ordering.
     pub identity: Arc<str>,
     /// Its place under the connection limits, given back at the end.
-    pub place: super::admission::Ticket,
+    pub place: super::admission::Place,
 }
 
 /// Serves one connection until the client closes it, it sends bad input, or `cancel`

@@ -291,7 +291,7 @@ async fn accept_loop<L, F, Fut>(
 /// A place under the connection limits for a new connection, or `None` (the refusal is
 /// counted and logged: the first and then every thousandth, so a flood of refused
 /// connections does not flood the log).
-fn admit(shared: &Shared, ip: Option<IpAddr>, peer: &str) -> Option<admission::Ticket> {
+fn admit(shared: &Shared, ip: Option<IpAddr>, peer: &str) -> Option<admission::Place> {
     match shared.admission.admit(ip) {
         Ok(place) => Some(place),
         Err(reason) => {

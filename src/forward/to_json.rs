@@ -1,4 +1,7 @@
-//! Renders msgpack values as JSON text, straight from the bytes.
+//! Renders msgpack values as JSON text, straight from the bytes: the `json` output
+//! format, the `seed` line of a record whose line is not a string, and the acks of
+//! clients that speak JSON. Here, below intake and publisher alike, so that neither
+//! imports the other.
 
 use crate::forward::msgpack::{Cursor, Kind, Number, ReadError};
 use crate::forward::EventTime;
