@@ -3,7 +3,7 @@
 //!
 //! Each iteration does exactly what a connection task does with bytes it has read:
 //! `Scanner::scan` finds each frame, the frame is split off the buffer without copying,
-//! `decode_request` decodes it and `build_batch` routes its events. The other groups
+//! `decode_request` decodes it and `expand_request` routes its events. The other groups
 //! also run the publisher's encoder, in the seed and in the batch format, into a
 //! counting sink (no ZeroMQ).
 //!
@@ -18,9 +18,9 @@
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use fwdgate::batch::{build_batch, BatchLimits};
 use fwdgate::config::{Format, InputConfig, OutputConfig, RouteConfig};
 use fwdgate::event::RoutedEvents;
+use fwdgate::expand::{expand_request, ExpandLimits};
 use fwdgate::forward::{decode_request, Limits, Scanner};
 use fwdgate::publish::format::{Encoder, Sink};
 use fwdgate::route::Router;
@@ -342,7 +342,7 @@ fn inputs() -> Vec<(&'static str, Bytes)> {
 struct Plane {
     scanner: Scanner,
     router: Router,
-    batch_limits: BatchLimits,
+    expand_limits: ExpandLimits,
     peer: Arc<str>,
 }
 
@@ -355,7 +355,7 @@ impl Plane {
                 max_depth: input.max_depth,
             }),
             router: Router::new(&RouteConfig::default()).expect("default route config"),
-            batch_limits: BatchLimits {
+            expand_limits: ExpandLimits {
                 max_depth: input.max_depth,
                 max_decompressed: input.max_decompressed_size,
             },
@@ -376,9 +376,14 @@ impl Plane {
                 .expect("benchmark input holds complete requests");
             let frame = rest.split_to(len);
             let request = decode_request(&frame).expect("benchmark request is valid");
-            let (batch, invalid) =
-                build_batch(frame, &request, &self.router, self.batch_limits, &self.peer)
-                    .expect("benchmark entries decompress");
+            let (batch, invalid) = expand_request(
+                frame,
+                &request,
+                &self.router,
+                self.expand_limits,
+                &self.peer,
+            )
+            .expect("benchmark entries decompress");
             debug_assert_eq!(invalid.count, 0);
             if let Some(batch) = batch {
                 routed += batch.events.len();

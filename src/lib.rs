@@ -7,12 +7,12 @@
 //! program in the same binary: libzmq's XSUB/XPUB proxy between gateways and their
 //! subscribers.
 
-pub mod batch;
 pub mod buffer;
 pub mod cli;
 pub mod config;
 pub mod dedup;
 pub mod event;
+pub mod expand;
 pub mod forward;
 pub mod logfile;
 pub mod metrics;

@@ -1,10 +1,10 @@
 //! The whole data plane of one connection over arbitrary bytes: frames (msgpack via the
 //! scanner, or JSON when the first byte is `[` or `{`), `decode_request`, the ack,
-//! `build_batch`, and both output formats into a sink. Nothing may panic.
+//! `expand_request`, and both output formats into a sink. Nothing may panic.
 //!
 //! Invariants checked besides: every range of a decoded request lies in its frame, an
 //! ack is one complete msgpack value, each published message has three frames, every
-//! `json` body is valid JSON, and `build_batch` (which decodes and routes most entries
+//! `json` body is valid JSON, and `expand_request` (which decodes and routes most entries
 //! in one pass) gives exactly what the event iterators and `Router::route` give.
 //!
 //! With `FWDGATE_FUZZ_VERBOSE` set, the outcome of every frame is printed to stderr, to
@@ -15,7 +15,7 @@
 #![no_main]
 
 use bytes::{Buf, Bytes};
-use fwdgate::batch::{build_batch, BatchLimits};
+use fwdgate::expand::{expand_request, ExpandLimits};
 use fwdgate::config::{Format, OutputConfig, RouteConfig};
 use fwdgate::forward::ack::encode_ack;
 use fwdgate::forward::compression::decompress;
@@ -35,7 +35,7 @@ const LIMITS: Limits = Limits {
     max_depth: 32,
 };
 
-const BATCH_LIMITS: BatchLimits = BatchLimits {
+const EXPAND_LIMITS: ExpandLimits = ExpandLimits {
     max_depth: 32,
     max_decompressed: 1 << 20,
 };
@@ -96,7 +96,7 @@ fn in_range(span: Span, len: usize) {
 /// Routed events, the invalid count and the first reason.
 type Outcome = (Vec<Routed>, u64, Option<EventError>);
 
-/// What `build_batch` must give for `request`, worked out one walk at a time: each
+/// What `expand_request` must give for `request`, worked out one walk at a time: each
 /// entry by the event iterators (packed ones through the scanner), then routed. `None`
 /// when the entries do not decompress.
 fn by_iterators(frame: &Bytes, request: &Request) -> Option<Outcome> {
@@ -106,7 +106,7 @@ fn by_iterators(frame: &Bytes, request: &Request) -> Option<Outcome> {
             let mut plain = decompress(
                 request.options.compressed,
                 &frame[range.clone()],
-                BATCH_LIMITS.max_decompressed,
+                EXPAND_LIMITS.max_decompressed,
             )
             .ok()?;
             let at = plain.len();
@@ -128,7 +128,7 @@ fn by_iterators(frame: &Bytes, request: &Request) -> Option<Outcome> {
             };
             let limits = Limits {
                 max_size: range.len(),
-                max_depth: BATCH_LIMITS.max_depth,
+                max_depth: EXPAND_LIMITS.max_depth,
             };
             PackedEvents::new(&data, range, limits).collect()
         }
@@ -204,11 +204,11 @@ fn handle(frame: Bytes) -> bool {
     let (chunk, compressed) = (request.options.chunk.is_some(), request.options.compressed);
     let now = EventTime::now();
     let expected = by_iterators(&frame, &request);
-    let (batch, invalid) = match build_batch(frame, &request, router(), BATCH_LIMITS, &peer) {
+    let (batch, invalid) = match expand_request(frame, &request, router(), EXPAND_LIMITS, &peer) {
         Ok(r) => r,
         Err(e) => {
             note!("  {mode} {compressed:?}: batch failed: {e}");
-            assert!(expected.is_none(), "build_batch failed alone: {e}");
+            assert!(expected.is_none(), "expand_request failed alone: {e}");
             return false;
         }
     };

@@ -6,10 +6,10 @@ use super::handshake::{HandshakeError, Security};
 use super::intake_memory::{Grant, IntakeMemory, READ_FLOOR};
 use super::order::{tag_hash, Member, Order};
 use super::socket::{ClientSocket, ReadHook};
-use crate::batch::{build_expanded, BatchLimits};
 use crate::buffer::spool::SpoolError;
 use crate::buffer::{BufferError, Intake, Receipt, Submission};
 use crate::dedup::Dedup;
+use crate::expand::{expand_decompressed, ExpandLimits};
 use crate::forward::ack::{encode_ack, encode_json_ack};
 use crate::forward::compression::DecompressError;
 use crate::forward::json::{json_to_msgpack, starts_json, JsonError, JsonScanner};
@@ -34,7 +34,7 @@ pub struct Shared {
     /// Caps on a request as it is read.
     pub limits: Limits,
     /// Caps on a request as it is expanded into events.
-    pub batch_limits: BatchLimits,
+    pub expand_limits: ExpandLimits,
     /// Where requests go on their way to the publisher.
     pub intake: Intake,
     /// What read buffers and decompressions may hold (`limits.intake_memory_bytes`).
@@ -658,7 +658,7 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
                         .decompress(
                             request.options.compressed,
                             &frame[range.clone()],
-                            shared.batch_limits.max_decompressed,
+                            shared.expand_limits.max_decompressed,
                         )
                         .await?;
                     handoff.memory.merge(grant);
@@ -666,12 +666,12 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
                 }
                 _ => None,
             };
-            let (batch, invalid) = build_expanded(
+            let (batch, invalid) = expand_decompressed(
                 frame.clone(),
                 plain,
                 &request,
                 &shared.live.router.load(),
-                shared.batch_limits,
+                shared.expand_limits,
                 &self.peer,
             );
             if let Some(first) = invalid.first {

@@ -208,13 +208,13 @@ fn shifted(e: &Routed, by: u32) -> Routed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::{build_batch, BatchLimits};
     use crate::config::RouteConfig;
+    use crate::expand::{expand_request, ExpandLimits};
     use crate::forward::decode_request;
     use crate::route::Router;
     use std::sync::Arc;
 
-    const LIMITS: BatchLimits = BatchLimits {
+    const LIMITS: ExpandLimits = ExpandLimits {
         max_depth: 32,
         max_decompressed: 1 << 20,
     };
@@ -251,7 +251,7 @@ mod tests {
         for end in ends {
             let frame = region.slice(at..end);
             let request = decode_request(&frame).unwrap();
-            let (batch, _) = build_batch(frame, &request, &router, LIMITS, &peer).unwrap();
+            let (batch, _) = expand_request(frame, &request, &router, LIMITS, &peer).unwrap();
             h.merge(batch.unwrap(), &region, at);
             at = end;
         }

@@ -16,10 +16,10 @@ mod replay;
 mod socket;
 mod tls;
 
-use crate::batch::BatchLimits;
 use crate::buffer::{self, BufferError};
 use crate::config::Config;
 use crate::dedup::Dedup;
+use crate::expand::ExpandLimits;
 use crate::forward::Limits;
 use crate::metrics::{Counters, TenantCounts};
 use crate::partial::JoinLimits;
@@ -74,7 +74,7 @@ pub async fn run(
     let counters = Arc::new(Counters::default());
     let timeout = Duration::from_millis(config.shutdown.timeout_ms);
     let live = live::Live::new(&config, Router::new(&config.route)?);
-    let batch_limits = BatchLimits {
+    let expand_limits = ExpandLimits {
         max_depth: config.input.max_depth,
         max_decompressed: config.input.max_decompressed_size,
     };
@@ -95,7 +95,7 @@ pub async fn run(
         counters.clone(),
         Arc::new(replay::Expander {
             router: live.router.clone(),
-            limits: batch_limits,
+            limits: expand_limits,
         }),
         tokio::runtime::Handle::current(),
     )?;
@@ -158,7 +158,7 @@ pub async fn run(
             max_size: config.input.max_frame_size,
             max_depth: config.input.max_depth,
         },
-        batch_limits,
+        expand_limits,
         intake,
         memory: intake_memory::IntakeMemory::new(
             usize::try_from(config.limits.intake_memory_bytes).unwrap_or(usize::MAX),

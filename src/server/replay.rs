@@ -3,10 +3,10 @@
 //! what it reads back (after a restart, or while the memory queue was full).
 
 use super::handoff::Handoff;
-use crate::batch::{build_batch, BatchLimits};
 use crate::buffer::spool::record::Record;
 use crate::buffer::Expand;
 use crate::event::RoutedEvents;
+use crate::expand::{expand_request, ExpandLimits};
 use crate::forward::decode_request;
 use crate::route::Router;
 use arc_swap::ArcSwap;
@@ -15,7 +15,7 @@ use std::sync::Arc;
 pub struct Expander {
     /// The gateway's routing rules of the moment (a SIGHUP may change them).
     pub router: Arc<ArcSwap<Router>>,
-    pub limits: BatchLimits,
+    pub limits: ExpandLimits,
 }
 
 impl Expand for Expander {
@@ -47,7 +47,7 @@ impl Expand for Expander {
             if request.options.signal != 0 {
                 continue;
             }
-            match build_batch(
+            match expand_request(
                 frame.clone(),
                 &request,
                 &self.router.load(),

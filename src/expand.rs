@@ -1,4 +1,4 @@
-//! One request in, one batch of routed events out: decompression, event iteration and
+//! One request in, its routed events out: decompression, event iteration and
 //! routing, with no I/O. The connection task calls it per request; the benches call it
 //! directly.
 
@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 /// Caps that apply while a request is expanded.
 #[derive(Debug, Clone, Copy)]
-pub struct BatchLimits {
+pub struct ExpandLimits {
     /// Nesting cap for entries that arrive packed (never scanned as part of the frame).
     pub max_depth: usize,
     pub max_decompressed: usize,
@@ -84,11 +84,11 @@ const PRESIZE_MAX: usize = 1 << 16;
 /// Routes every valid event of `request` (decoded from `frame`) into one batch.
 /// The batch is `None` when no event was valid. Only a decompression failure fails the
 /// whole request.
-pub fn build_batch(
+pub fn expand_request(
     frame: Bytes,
     request: &Request,
     router: &Router,
-    limits: BatchLimits,
+    limits: ExpandLimits,
     peer: &Arc<str>,
 ) -> Result<(Option<RoutedEvents>, Invalid), DecompressError> {
     let plain = match &request.entries {
@@ -101,17 +101,19 @@ pub fn build_batch(
         }
         _ => None,
     };
-    Ok(build_expanded(frame, plain, request, router, limits, peer))
+    Ok(expand_decompressed(
+        frame, plain, request, router, limits, peer,
+    ))
 }
 
-/// [`build_batch`] for a request whose compressed entries (if any) the caller has
+/// [`expand_request`] for a request whose compressed entries (if any) the caller has
 /// decompressed into `plain` (the connection does, under its memory budget).
-pub fn build_expanded(
+pub fn expand_decompressed(
     frame: Bytes,
     plain: Option<Vec<u8>>,
     request: &Request,
     router: &Router,
-    limits: BatchLimits,
+    limits: ExpandLimits,
     peer: &Arc<str>,
 ) -> (Option<RoutedEvents>, Invalid) {
     let compressed = plain.is_some();
@@ -253,12 +255,13 @@ mod tests {
     fn built(frame: &[u8], max_depth: usize) -> Outcome {
         let router = Router::new(&RouteConfig::default()).unwrap();
         let request = decode_request(frame).unwrap();
-        let limits = BatchLimits {
+        let limits = ExpandLimits {
             max_depth,
             max_decompressed: 1 << 20,
         };
         let frame = Bytes::copy_from_slice(frame);
-        let (batch, invalid) = build_batch(frame, &request, &router, limits, &"p".into()).unwrap();
+        let (batch, invalid) =
+            expand_request(frame, &request, &router, limits, &"p".into()).unwrap();
         let events = batch.map(|b| b.events).unwrap_or_default();
         (events, invalid.count, invalid.first)
     }
