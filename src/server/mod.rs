@@ -62,15 +62,58 @@ pub enum ServerError {
     Regex(#[from] regex::Error),
 }
 
-/// Runs a gateway until `shutdown` completes, then drains: stops accepting, lets
-/// connections finish the requests they have read (within `shutdown.timeout_ms`), and
-/// waits for the publisher to send what it holds (within twice that: it may wait that
-/// long for a subscriber, then as long again for the socket to flush).
+/// Runs a gateway until `shutdown` completes, then drains: [`bind`], then
+/// [`Bound::serve`].
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
     reloads: tokio::sync::mpsc::UnboundedReceiver<Config>,
 ) -> Result<Arc<Counters>, ServerError> {
+    bind(config).await?.serve(shutdown, reloads).await
+}
+
+/// A gateway whose sockets are bound, whose buffer and publisher run, and which has
+/// logged `fwdgate ready`: what [`Bound::serve`] serves. Tests bind to port 0 and learn
+/// the addresses from it.
+pub struct Bound {
+    config: Config,
+    counters: Arc<Counters>,
+    listeners: Listeners,
+    publisher: Publisher,
+    status: Arc<http::Status>,
+    metrics_listener: Option<TcpListener>,
+    shared: Arc<Shared>,
+    replay: buffer::Health,
+}
+
+impl Bound {
+    /// The TCP listeners' addresses (`host:port`, the port as bound).
+    pub fn tcp_addrs(&self) -> Vec<String> {
+        self.listeners.tcp_addrs()
+    }
+
+    /// The ZeroMQ endpoints bound, as libzmq reports them.
+    pub fn zmq_bound(&self) -> &[String] {
+        &self.publisher.bound
+    }
+
+    /// The metrics endpoint's address, if any.
+    pub fn metrics_addr(&self) -> Option<String> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.to_string())
+    }
+
+    /// The gateway's counters (the same that `/metrics` renders).
+    pub fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
+    }
+}
+
+/// Binds every listener and endpoint of `config`, opens the spool, starts the
+/// publisher, and logs `fwdgate ready`.
+pub async fn bind(config: Config) -> Result<Bound, ServerError> {
     let counters = Arc::new(Counters::default());
     let timeout = Duration::from_millis(config.shutdown.timeout_ms);
     let live = live::Live::new(&config, Router::new(&config.route)?);
@@ -188,52 +231,87 @@ pub async fn run(
         "fwdgate ready"
     );
 
-    let cancel = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let accepting = listeners.spawn(&tracker, shared.clone(), cancel.clone());
-    status.listening.store(true, Ordering::Relaxed);
-    let http_task =
-        metrics_listener.map(|l| tokio::spawn(http::serve(l, status.clone(), cancel.clone())));
-    let reload_task = tokio::spawn(reload::serve(
-        reloads,
-        config.clone(),
-        Arc::downgrade(&shared),
-        publisher.reloads(),
-    ));
-    shutdown.await;
-    reload_task.abort();
-    status.listening.store(false, Ordering::Relaxed);
-    tracing::info!("shutting down: no new connections, finishing requests already read");
-    cancel.cancel();
-    tracker.close();
-    for task in accepting {
-        let _ = task.await;
-    }
-    // Every connection task holds the buffer's intake through `shared`; once they are
-    // gone the publisher sees intake close, sends what is left, and stops.
-    drop(shared);
-    if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
-        tracing::warn!("connections still busy at the shutdown deadline; closing them");
-    }
-    // The publisher may use the timeout twice: publishing what it holds (or waiting for a
-    // subscriber to take it), then lingering while the socket flushes to the
-    // subscribers. What it is still reading back from the spool after the first stays
-    // there for the next start.
-    let joined = tokio::task::spawn_blocking(move || publisher.join());
-    tokio::pin!(joined);
-    let finished = tokio::select! {
-        _ = &mut joined => true,
-        _ = tokio::time::sleep(timeout) => {
-            replay.stop_reading();
-            tokio::time::timeout(timeout, &mut joined).await.is_ok()
+    Ok(Bound {
+        config,
+        counters,
+        listeners,
+        publisher,
+        status,
+        metrics_listener,
+        shared,
+        replay,
+    })
+}
+
+impl Bound {
+    /// Serves until `shutdown` completes, then drains: stops accepting, lets
+    /// connections finish the requests they have read (within `shutdown.timeout_ms`),
+    /// and waits for the publisher to send what it holds (within twice that: it may
+    /// wait that long for a subscriber, then as long again for the socket to flush).
+    /// Each configuration from `reloads` is applied as SIGHUP's (see `reload`).
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()>,
+        reloads: tokio::sync::mpsc::UnboundedReceiver<Config>,
+    ) -> Result<Arc<Counters>, ServerError> {
+        let Bound {
+            config,
+            counters,
+            listeners,
+            publisher,
+            status,
+            metrics_listener,
+            shared,
+            replay,
+        } = self;
+        let timeout = Duration::from_millis(config.shutdown.timeout_ms);
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let accepting = listeners.spawn(&tracker, shared.clone(), cancel.clone());
+        status.listening.store(true, Ordering::Relaxed);
+        let http_task =
+            metrics_listener.map(|l| tokio::spawn(http::serve(l, status.clone(), cancel.clone())));
+        let reload_task = tokio::spawn(reload::serve(
+            reloads,
+            config,
+            Arc::downgrade(&shared),
+            publisher.reloads(),
+        ));
+        shutdown.await;
+        reload_task.abort();
+        status.listening.store(false, Ordering::Relaxed);
+        tracing::info!("shutting down: no new connections, finishing requests already read");
+        cancel.cancel();
+        tracker.close();
+        for task in accepting {
+            let _ = task.await;
         }
-    };
-    if !finished {
-        tracing::warn!("publisher still sending at the shutdown deadline");
+        // Every connection task holds the buffer's intake through `shared`; once they are
+        // gone the publisher sees intake close, sends what is left, and stops.
+        drop(shared);
+        if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
+            tracing::warn!("connections still busy at the shutdown deadline; closing them");
+        }
+        // The publisher may use the timeout twice: publishing what it holds (or waiting for a
+        // subscriber to take it), then lingering while the socket flushes to the
+        // subscribers. What it is still reading back from the spool after the first stays
+        // there for the next start.
+        let joined = tokio::task::spawn_blocking(move || publisher.join());
+        tokio::pin!(joined);
+        let finished = tokio::select! {
+            _ = &mut joined => true,
+            _ = tokio::time::sleep(timeout) => {
+                replay.stop_reading();
+                tokio::time::timeout(timeout, &mut joined).await.is_ok()
+            }
+        };
+        if !finished {
+            tracing::warn!("publisher still sending at the shutdown deadline");
+        }
+        if let Some(task) = http_task {
+            let _ = task.await;
+        }
+        tracing::info!(counters = %counters.summary(), "fwdgate stopped");
+        Ok(counters)
     }
-    if let Some(task) = http_task {
-        let _ = task.await;
-    }
-    tracing::info!(counters = %counters.summary(), "fwdgate stopped");
-    Ok(counters)
 }
