@@ -21,6 +21,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use fwdgate::config::{Format, InputConfig, OutputConfig, RouteConfig};
 use fwdgate::event::RoutedEvents;
 use fwdgate::expand::{expand_request, ExpandLimits};
+use fwdgate::forward::msgpack_write::{array_head, bin_head, map_head, str_head, write_uint};
 use fwdgate::forward::{decode_request, Limits, Scanner};
 use fwdgate::publish::format::{Encoder, Sink};
 use fwdgate::route::Router;
@@ -39,56 +40,28 @@ const BASE_SECS: u32 = 1_700_000_000;
 const CONTAINERS: usize = 4;
 
 // ---------------------------------------------------------------------------------------
-// Hand-rolled msgpack, enough for the inputs below.
+// Msgpack for the inputs below, with the gateway's own writer.
 
 fn put_str_header(out: &mut Vec<u8>, len: usize) {
-    match len {
-        0..=31 => out.push(0xa0 | len as u8),
-        32..=0xff => out.extend_from_slice(&[0xd9, len as u8]),
-        0x100..=0xffff => {
-            out.push(0xda);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        _ => put_str32_header(out, len),
-    }
+    out.extend_from_slice(str_head(len).as_bytes());
 }
 
+/// Always the 32-bit form, as some clients write every string.
 fn put_str32_header(out: &mut Vec<u8>, len: usize) {
     out.push(0xdb);
     out.extend_from_slice(&u32::try_from(len).expect("str32 length").to_be_bytes());
 }
 
 fn put_bin_header(out: &mut Vec<u8>, len: usize) {
-    match len {
-        0..=0xff => out.extend_from_slice(&[0xc4, len as u8]),
-        0x100..=0xffff => {
-            out.push(0xc5);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        _ => {
-            out.push(0xc6);
-            out.extend_from_slice(&u32::try_from(len).expect("bin32 length").to_be_bytes());
-        }
-    }
+    out.extend_from_slice(bin_head(len).as_bytes());
 }
 
 fn put_array_header(out: &mut Vec<u8>, len: usize) {
-    match len {
-        0..=15 => out.push(0x90 | len as u8),
-        16..=0xffff => {
-            out.push(0xdc);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        _ => {
-            out.push(0xdd);
-            out.extend_from_slice(&u32::try_from(len).expect("array32 length").to_be_bytes());
-        }
-    }
+    out.extend_from_slice(array_head(len).as_bytes());
 }
 
 fn put_map_header(out: &mut Vec<u8>, len: usize) {
-    assert!(len <= 15, "only fixmaps are needed here");
-    out.push(0x80 | len as u8);
+    out.extend_from_slice(map_head(u32::try_from(len).expect("map length")).as_bytes());
 }
 
 fn put_str(out: &mut Vec<u8>, s: &[u8]) {
@@ -97,21 +70,9 @@ fn put_str(out: &mut Vec<u8>, s: &[u8]) {
 }
 
 fn put_uint(out: &mut Vec<u8>, n: u32) {
-    match n {
-        0..=0x7f => out.push(n as u8),
-        0x80..=0xff => out.extend_from_slice(&[0xcc, n as u8]),
-        0x100..=0xffff => {
-            out.push(0xcd);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        _ => {
-            out.push(0xce);
-            out.extend_from_slice(&n.to_be_bytes());
-        }
-    }
+    write_uint(out, u64::from(n));
 }
 
-/// EventTime as fixext8: type 0, u32 BE seconds, u32 BE nanoseconds.
 fn put_event_time(out: &mut Vec<u8>, secs: u32, nanos: u32) {
     out.extend_from_slice(&[0xd7, 0x00]);
     out.extend_from_slice(&secs.to_be_bytes());

@@ -13,6 +13,7 @@
 
 use crate::event::RoutedEvents;
 use crate::forward::msgpack::{Cursor, Kind};
+use crate::forward::msgpack_write::{map_head, str_head};
 use crate::forward::{Event, EventTime};
 use crate::route::{Line, Routed, Router, Span};
 use bytes::Bytes;
@@ -271,33 +272,37 @@ fn rest_of(batch: &RoutedEvents, events: Vec<Routed>) -> RoutedEvents {
 fn joined_batch<M>(p: Pending<M>, complete: bool, router: &Router, peer: &Arc<str>) -> Joined<M> {
     let data = &p.data[..];
     let mut record = Vec::with_capacity(p.joined.len() + p.record.len() + 16);
+    let keep = |key_start: usize| {
+        let key_text = Cursor::at(data, key_start).str().ok().map(|r| &data[r]);
+        !key_text
+            .is_some_and(|k| PARTIAL_KEYS.contains(&k) && (complete || k != b"partial_message"))
+    };
+    // The pairs kept, as (key, value) byte ranges: counted first, so that the map's
+    // header is written once, in its smallest form.
     let mut c = Cursor::at(data, p.record.start as usize);
     let pairs = c.map_len().unwrap_or(0);
-    let mut kept = 0u32;
-    record.extend_from_slice(&[0xdf, 0, 0, 0, 0]); // map32, count patched below
+    let mut kept = Vec::with_capacity(pairs as usize);
     for _ in 0..pairs {
         let key_start = c.pos();
         let Ok(key) = c.skip() else { break };
         let value_start = c.pos();
         let Ok(value) = c.skip() else { break };
-        let key_text = Cursor::at(data, key_start).str().ok().map(|r| &data[r]);
-        let drop_key = key_text
-            .is_some_and(|k| PARTIAL_KEYS.contains(&k) && (complete || k != b"partial_message"));
-        if drop_key {
-            continue;
+        if keep(key_start) {
+            kept.push((key, value, value_start));
         }
+    }
+    let count = u32::try_from(kept.len()).unwrap_or(u32::MAX);
+    record.extend_from_slice(map_head(count).as_bytes());
+    for (key, value, value_start) in kept {
         record.extend_from_slice(&data[key]);
         let payload = Cursor::at(data, value_start).bytes().ok();
         if payload == Some(p.line.start as usize..p.line.end as usize) {
-            record.push(0xdb);
-            record.extend_from_slice(&(p.joined.len() as u32).to_be_bytes());
+            record.extend_from_slice(str_head(p.joined.len()).as_bytes());
             record.extend_from_slice(&p.joined);
         } else {
             record.extend_from_slice(&data[value]);
         }
-        kept += 1;
     }
-    record[1..5].copy_from_slice(&kept.to_be_bytes());
     let record_len = record.len();
     record.extend_from_slice(p.tag.get(data));
     let data = Bytes::from(record);

@@ -5,6 +5,7 @@
 //! Like the msgpack scanner, the boundary scanner here is resumable: a large value that
 //! arrives in many reads is walked once, then parsed once.
 
+use super::msgpack_write::{array_head, map_head, str_head};
 use serde_json::Value;
 use std::ops::Range;
 use thiserror::Error;
@@ -132,15 +133,15 @@ fn encode(v: &Value, out: &mut Vec<u8>) {
         }
         Value::String(s) => encode_str(s, out),
         Value::Array(items) => {
-            out.push(0xdd);
-            out.extend_from_slice(&(items.len() as u32).to_be_bytes());
+            out.extend_from_slice(array_head(items.len()).as_bytes());
             for item in items {
                 encode(item, out);
             }
         }
         Value::Object(map) => {
-            out.push(0xdf);
-            out.extend_from_slice(&(map.len() as u32).to_be_bytes());
+            out.extend_from_slice(
+                map_head(u32::try_from(map.len()).unwrap_or(u32::MAX)).as_bytes(),
+            );
             for (k, item) in map {
                 encode_str(k, out);
                 encode(item, out);
@@ -150,8 +151,7 @@ fn encode(v: &Value, out: &mut Vec<u8>) {
 }
 
 fn encode_str(s: &str, out: &mut Vec<u8>) {
-    out.push(0xdb);
-    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    out.extend_from_slice(str_head(s.len()).as_bytes());
     out.extend_from_slice(s.as_bytes());
 }
 

@@ -6,6 +6,7 @@ pub mod compression;
 pub mod handshake;
 pub mod json;
 pub mod msgpack;
+pub mod msgpack_write;
 pub mod request;
 pub mod scan;
 pub mod time;

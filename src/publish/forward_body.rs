@@ -5,73 +5,8 @@
 //! the size written.
 
 use crate::forward::msgpack::Cursor;
+pub use crate::forward::msgpack_write::{array_head, map_head, str_head, Head};
 use crate::forward::EventTime;
-
-/// A msgpack header (type byte and big-endian length), at most 5 bytes, on the stack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Head {
-    bytes: [u8; 5],
-    len: u8,
-}
-
-impl Head {
-    /// A header whose length is in its type byte (fixstr, fixarray, fixmap).
-    fn fix(byte: u8) -> Head {
-        Head {
-            bytes: [byte, 0, 0, 0, 0],
-            len: 1,
-        }
-    }
-
-    /// A type byte followed by the length in `width` bytes (1, 2 or 4).
-    fn sized(byte: u8, n: u32, width: usize) -> Head {
-        let mut bytes = [byte, 0, 0, 0, 0];
-        bytes[1..1 + width].copy_from_slice(&n.to_be_bytes()[4 - width..]);
-        Head {
-            bytes,
-            len: 1 + width as u8,
-        }
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
-    }
-
-    pub fn size(&self) -> usize {
-        usize::from(self.len)
-    }
-}
-
-/// The header of a string of `len` bytes: fixstr, str8, str16 or str32. Lengths here
-/// come from spans of a batch, which are 32-bit.
-pub fn str_head(len: usize) -> Head {
-    let n = u32::try_from(len).unwrap_or(u32::MAX);
-    match n {
-        0..=31 => Head::fix(0xa0 | n as u8),
-        32..=0xff => Head::sized(0xd9, n, 1),
-        0x100..=0xffff => Head::sized(0xda, n, 2),
-        _ => Head::sized(0xdb, n, 4),
-    }
-}
-
-/// The header of an array of `n` items: fixarray, array16 or array32.
-pub fn array_head(n: usize) -> Head {
-    let n = u32::try_from(n).unwrap_or(u32::MAX);
-    match n {
-        0..=15 => Head::fix(0x90 | n as u8),
-        16..=0xffff => Head::sized(0xdc, n, 2),
-        _ => Head::sized(0xdd, n, 4),
-    }
-}
-
-/// The header of a map of `n` entries: fixmap, map16 or map32.
-pub fn map_head(n: u32) -> Head {
-    match n {
-        0..=15 => Head::fix(0x80 | n as u8),
-        16..=0xffff => Head::sized(0xde, n, 2),
-        _ => Head::sized(0xdf, n, 4),
-    }
-}
 
 /// Bytes of an EventTime: fixext8 (`0xd7`), ext type 0, seconds and nanoseconds as
 /// big-endian u32, as Fluentd writes it.
@@ -232,28 +167,6 @@ mod tests {
         let mut out = Vec::new();
         rmpv::encode::write_value(&mut out, v).unwrap();
         out
-    }
-
-    /// The header rmpv writes for a value of each kind and size, to check ours against.
-    fn rmpv_head(v: &rmpv::Value, payload: usize) -> Vec<u8> {
-        let bytes = encoded(v);
-        bytes[..bytes.len() - payload].to_vec()
-    }
-
-    #[test]
-    fn headers_at_every_size_boundary() {
-        for n in [0usize, 1, 15, 16, 31, 32, 255, 256, 65535, 65536] {
-            let s = rmpv::Value::String("x".repeat(n).into());
-            assert_eq!(str_head(n).as_bytes(), rmpv_head(&s, n), "str {n}");
-            let a = rmpv::Value::Array(vec![rmpv::Value::Nil; n]);
-            assert_eq!(array_head(n).as_bytes(), rmpv_head(&a, n), "array {n}");
-            let m = rmpv::Value::Map(vec![(rmpv::Value::Nil, rmpv::Value::Nil); n]);
-            assert_eq!(
-                map_head(n as u32).as_bytes(),
-                rmpv_head(&m, 2 * n),
-                "map {n}"
-            );
-        }
     }
 
     #[test]
