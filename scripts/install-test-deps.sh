@@ -14,8 +14,9 @@ cd "$(dirname "$0")/.."
 #   openssl          makes the certificates of the TLS tests
 #   systemd          systemd-analyze, which checks the systemd units (packaging/)
 #   groff-base, man-db  render and find the man page in its tests
+#   haproxy          HAProxy 2.6 in front of several gateways (deploy/haproxy/haproxy.cfg)
 APT_PACKAGES=(docker.io busybox-static golang-go golang-github-fluent-fluent-logger-golang-dev docker-compose openssl
-              systemd groff-base man-db)
+              systemd groff-base man-db haproxy)
 
 apt_install() { # only the packages named, none upgraded
   echo "installing with apt: $*"

@@ -39,6 +39,7 @@ func main() {
 	tenant := flag.String("tenant", "tgo", "TENANT_ID value")
 	service := flag.String("service", "sgo", "SERVICE_ID value")
 	prefix := flag.String("prefix", "go", "log line prefix")
+	maxRetry := flag.Int("maxretry", 3, "Config.MaxRetry: attempts to connect, and to write each record")
 	flag.Parse()
 
 	cfg := fluent.Config{
@@ -50,7 +51,7 @@ func main() {
 		MarshalAsJSON:      *asJSON,
 		Timeout:            10 * time.Second,
 		WriteTimeout:       30 * time.Second,
-		MaxRetry:           3,
+		MaxRetry:           *maxRetry,
 	}
 	if *socket != "" {
 		cfg.FluentNetwork = "unix"
