@@ -26,8 +26,10 @@ pub enum ConfigError {
         path: PathBuf,
         source: Box<toml::de::Error>,
     },
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
+    /// A value that cannot be used: `key` names it (`section.key`, for matching);
+    /// `message` says why, naming the key too.
+    #[error("invalid configuration: {message}")]
+    Invalid { key: &'static str, message: String },
 }
 
 /// The complete configuration of a gateway.
@@ -576,10 +578,12 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        let invalid =
+            |key: &'static str, message: String| Err(ConfigError::Invalid { key, message });
         let tls = &self.input.tls;
         if !tls.listen.is_empty() && (tls.cert_file.is_empty() || tls.key_file.is_empty()) {
             return invalid(
+                "input.tls",
                 "input.tls.listen needs input.tls.cert_file and input.tls.key_file".into(),
             );
         }
@@ -589,7 +593,10 @@ impl Config {
                 .map(|mut a| a.next().is_none())
                 .unwrap_or(true)
             {
-                return invalid(format!("input.listen: {addr:?} is not a host:port address"));
+                return invalid(
+                    "input.listen",
+                    format!("input.listen: {addr:?} is not a host:port address"),
+                );
             }
         }
         self.unix_mode()?;
@@ -600,15 +607,22 @@ impl Config {
                 .map(|mut a| a.next().is_none())
                 .unwrap_or(true)
         {
-            return invalid(format!(
-                "metrics.listen: {metrics:?} is not a host:port address"
-            ));
+            return invalid(
+                "metrics.listen",
+                format!("metrics.listen: {metrics:?} is not a host:port address"),
+            );
         }
         if self.input.max_frame_size < 64 {
-            return invalid("input.max_frame_size must be at least 64 bytes".into());
+            return invalid(
+                "input.max_frame_size",
+                "input.max_frame_size must be at least 64 bytes".into(),
+            );
         }
         if self.input.max_decompressed_size == 0 {
-            return invalid("input.max_decompressed_size must be above 0".into());
+            return invalid(
+                "input.max_decompressed_size",
+                "input.max_decompressed_size must be above 0".into(),
+            );
         }
         // Events point into their request's bytes with 32-bit offsets, and the requests
         // of one read (or a joined line and its record) may share one buffer: 1 GiB
@@ -622,86 +636,136 @@ impl Config {
             ("input.partial_max_bytes", self.input.partial_max_bytes),
         ] {
             if size > MAX_REQUEST_BYTES {
-                return invalid(format!(
-                    "{key} ({size}) must be at most {MAX_REQUEST_BYTES} (1 GiB)"
-                ));
+                return invalid(
+                    key,
+                    format!("{key} ({size}) must be at most {MAX_REQUEST_BYTES} (1 GiB)"),
+                );
             }
         }
         let one_request = (self.input.max_frame_size as u64)
             .saturating_add(self.input.max_decompressed_size as u64)
             .saturating_add(crate::forward::compression::ZSTD_WINDOW as u64);
         if self.limits.intake_memory_bytes != 0 && self.limits.intake_memory_bytes < one_request {
-            return invalid(format!(
-                "limits.intake_memory_bytes ({}) must be 0 (no budget) or at least \
+            return invalid(
+                "limits.intake_memory_bytes",
+                format!(
+                    "limits.intake_memory_bytes ({}) must be 0 (no budget) or at least \
                  input.max_frame_size + input.max_decompressed_size + 8 MiB (zstd's window) \
                  = {one_request}, so that the largest request fits",
-                self.limits.intake_memory_bytes
-            ));
+                    self.limits.intake_memory_bytes
+                ),
+            );
         }
         if self.input.max_depth < 4 {
-            return invalid("input.max_depth must be at least 4 (a request nests 4 deep)".into());
+            return invalid(
+                "input.max_depth",
+                "input.max_depth must be at least 4 (a request nests 4 deep)".into(),
+            );
         }
         if !self.route.tag_regex.is_empty() {
-            let re = regex::bytes::Regex::new(&self.route.tag_regex)
-                .map_err(|e| ConfigError::Invalid(format!("route.tag_regex: {e}")))?;
+            let re = regex::bytes::Regex::new(&self.route.tag_regex).map_err(|e| {
+                ConfigError::Invalid {
+                    key: "route.tag_regex",
+                    message: format!("route.tag_regex: {e}"),
+                }
+            })?;
             let names: Vec<_> = re.capture_names().flatten().collect();
             if !names.contains(&"tenant") && !names.contains(&"service") {
-                return invalid("route.tag_regex needs a named group `tenant` or `service`".into());
+                return invalid(
+                    "route.tag_regex",
+                    "route.tag_regex needs a named group `tenant` or `service`".into(),
+                );
             }
         }
-        for ep in self.output.zmq_bind.iter().chain(&self.output.zmq_connect) {
+        let endpoints = (self.output.zmq_bind.iter().map(|e| ("output.zmq_bind", e))).chain(
+            self.output
+                .zmq_connect
+                .iter()
+                .map(|e| ("output.zmq_connect", e)),
+        );
+        for (key, ep) in endpoints {
             if !ep.contains("://") {
-                return invalid(format!(
-                    "ZeroMQ endpoint {ep:?} needs a transport, like tcp://host:port"
-                ));
+                return invalid(
+                    key,
+                    format!("ZeroMQ endpoint {ep:?} needs a transport, like tcp://host:port"),
+                );
             }
         }
         let sec = &self.security;
         if sec.shared_key.is_empty() && (sec.user_auth || !sec.clients.is_empty()) {
             return invalid(
+                "security.user_auth",
                 "security.user_auth and security.clients need security.shared_key".into(),
             );
         }
         if sec.user_auth && sec.users.is_empty() {
-            return invalid("security.user_auth needs at least one entry in security.users".into());
+            return invalid(
+                "security.user_auth",
+                "security.user_auth needs at least one entry in security.users".into(),
+            );
         }
-        for net in self.input.allow.iter().chain(&self.input.deny) {
+        let networks = (self.input.allow.iter().map(|n| ("input.allow", n)))
+            .chain(self.input.deny.iter().map(|n| ("input.deny", n)));
+        for (key, net) in networks {
             if parse_network(net).is_none() {
-                return invalid(format!(
-                    "input.allow/deny: {net:?} is not an address or network"
-                ));
+                return invalid(
+                    key,
+                    format!("input.allow/deny: {net:?} is not an address or network"),
+                );
             }
         }
         for client in &sec.clients {
             if client.network.is_empty() == client.host.is_empty() {
-                return invalid("each security.clients entry needs either network or host".into());
+                return invalid(
+                    "security.clients",
+                    "each security.clients entry needs either network or host".into(),
+                );
             }
             if !client.network.is_empty() && parse_network(&client.network).is_none() {
-                return invalid(format!(
-                    "security.clients: {:?} is not an address or network like 10.0.0.0/8",
-                    client.network
-                ));
+                return invalid(
+                    "security.clients",
+                    format!(
+                        "security.clients: {:?} is not an address or network like 10.0.0.0/8",
+                        client.network
+                    ),
+                );
             }
         }
         if self.output.send_hwm < 0 {
-            return invalid("output.send_hwm must be 0 (no limit) or more".into());
+            return invalid(
+                "output.send_hwm",
+                "output.send_hwm must be 0 (no limit) or more".into(),
+            );
         }
         if self.output.queue_requests == 0 {
-            return invalid("output.queue_requests must be above 0".into());
+            return invalid(
+                "output.queue_requests",
+                "output.queue_requests must be above 0".into(),
+            );
         }
         if self.output.queue_bytes == 0 || self.output.queue_bytes > u32::MAX as usize {
-            return invalid("output.queue_bytes must be between 1 and 4294967295".into());
+            return invalid(
+                "output.queue_bytes",
+                "output.queue_bytes must be between 1 and 4294967295".into(),
+            );
         }
         if self.spool.segment_bytes < 4096 {
-            return invalid("spool.segment_bytes must be at least 4096".into());
+            return invalid(
+                "spool.segment_bytes",
+                "spool.segment_bytes must be at least 4096".into(),
+            );
         }
         if self.spool.checkpoint_interval_ms == 0 || self.spool.fsync_interval_ms == 0 {
             return invalid(
+                "spool.checkpoint_interval_ms",
                 "spool.checkpoint_interval_ms and spool.fsync_interval_ms must be above 0".into(),
             );
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return invalid(format!("log.level: {:?} is not a level", self.log.level));
+            return invalid(
+                "log.level",
+                format!("log.level: {:?} is not a level", self.log.level),
+            );
         }
         Ok(())
     }
@@ -727,11 +791,12 @@ impl Config {
         u32::from_str_radix(self.input.unix_mode.trim_start_matches("0o"), 8)
             .ok()
             .filter(|m| *m <= 0o777)
-            .ok_or_else(|| {
-                ConfigError::Invalid(format!(
+            .ok_or_else(|| ConfigError::Invalid {
+                key: "input.unix_mode",
+                message: format!(
                     "input.unix_mode: {:?} is not an octal file mode like \"0660\"",
                     self.input.unix_mode
-                ))
+                ),
             })
     }
 
@@ -783,7 +848,13 @@ mod tests {
         assert!(Config::from_toml("[output]\nformat = \"xml\"").is_err());
         let mut c = Config::default();
         c.route.tag_regex = "^(?P<x>.*)".into();
-        assert!(c.finalize().is_err());
+        assert!(matches!(
+            c.finalize(),
+            Err(ConfigError::Invalid {
+                key: "route.tag_regex",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -801,14 +872,18 @@ mod tests {
         c.input.max_frame_size = MAX_REQUEST_BYTES;
         c.limits.intake_memory_bytes = 0;
         assert!(c.clone().finalize().is_ok());
+        let refused = |c: &Config| match c.clone().finalize() {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("{other:?}"),
+        };
         c.input.max_frame_size = MAX_REQUEST_BYTES + 1;
-        assert!(c.clone().finalize().is_err());
+        assert_eq!(refused(&c), "input.max_frame_size");
         c.input.max_frame_size = 1 << 20;
         c.input.max_decompressed_size = 5 << 30;
-        assert!(c.clone().finalize().is_err());
+        assert_eq!(refused(&c), "input.max_decompressed_size");
         c.input.max_decompressed_size = 1 << 20;
         c.input.partial_max_bytes = usize::MAX;
-        assert!(c.finalize().is_err());
+        assert_eq!(refused(&c), "input.partial_max_bytes");
     }
 
     #[test]
@@ -817,7 +892,13 @@ mod tests {
         c.input.max_frame_size = 1 << 20;
         c.input.max_decompressed_size = 1 << 20;
         c.limits.intake_memory_bytes = (10 << 20) - 1;
-        assert!(c.clone().finalize().is_err());
+        assert!(matches!(
+            c.clone().finalize(),
+            Err(ConfigError::Invalid {
+                key: "limits.intake_memory_bytes",
+                ..
+            })
+        ));
         c.limits.intake_memory_bytes = 10 << 20;
         assert!(c.clone().finalize().is_ok());
         c.limits.intake_memory_bytes = 0;
