@@ -207,6 +207,74 @@ pub fn expand_decompressed(
     (Some(batch), invalid)
 }
 
+/// The reference `expand_request` is checked against: each entry decoded by the event
+/// iterators (packed ones through the scanner's rules), then routed by
+/// [`Router::route`], one walk at a time, with none of the fused fast path. Shared by
+/// the unit tests below and the `request` fuzz target (feature `reference`).
+#[cfg(any(test, feature = "reference"))]
+pub mod reference {
+    use super::*;
+
+    /// Routed events, the invalid count and the first reason.
+    pub type Outcome = (Vec<Routed>, u64, Option<EventError>);
+
+    /// What `expand_request` must give for `request`, decoded from `frame`; `None` when
+    /// its entries do not decompress.
+    pub fn by_iterators(
+        frame: &[u8],
+        request: &Request,
+        router: &Router,
+        limits: ExpandLimits,
+    ) -> Option<Outcome> {
+        let compressed = request.options.compressed != Compression::None;
+        let (data, tag) = match &request.entries {
+            Entries::Packed(range) if compressed => {
+                let mut plain = decompress(
+                    request.options.compressed,
+                    &frame[range.clone()],
+                    limits.max_decompressed,
+                )
+                .ok()?;
+                let at = plain.len();
+                plain.extend_from_slice(&frame[request.tag.clone()]);
+                let end = plain.len();
+                (plain, at..end)
+            }
+            _ => (frame.to_vec(), request.tag.clone()),
+        };
+        let tag_route = router.route_tag(&data, tag.clone());
+        let results: Vec<_> = match &request.entries {
+            Entries::Message(ev) => vec![ev.clone()],
+            Entries::Forward { start, count } => {
+                ForwardEvents::new(&data, *start, *count).collect()
+            }
+            Entries::Packed(range) => {
+                let range = if compressed {
+                    0..tag.start
+                } else {
+                    range.clone()
+                };
+                let packed = Limits {
+                    max_size: range.len(),
+                    max_depth: limits.max_depth,
+                };
+                PackedEvents::new(&data, range, packed).collect()
+            }
+        };
+        let mut outcome: Outcome = (Vec::new(), 0, None);
+        for r in results {
+            match r {
+                Ok(ev) => outcome.0.push(router.route(&data, &tag_route, ev)),
+                Err(e) => {
+                    outcome.1 += 1;
+                    outcome.2.get_or_insert(e);
+                }
+            }
+        }
+        Some(outcome)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,8 +317,7 @@ mod tests {
         f
     }
 
-    /// What the batch holds: its routed events, the invalid count and first reason.
-    type Outcome = (Vec<Routed>, u64, Option<EventError>);
+    use super::reference::Outcome;
 
     fn built(frame: &[u8], max_depth: usize) -> Outcome {
         let router = Router::new(&RouteConfig::default()).unwrap();
@@ -266,33 +333,15 @@ mod tests {
         (events, invalid.count, invalid.first)
     }
 
-    /// The same request through the event iterators and `Router::route` alone.
+    /// The same request through the reference.
     fn by_iterators(frame: &[u8], max_depth: usize) -> Outcome {
         let router = Router::new(&RouteConfig::default()).unwrap();
         let request = decode_request(frame).unwrap();
-        let tag = router.route_tag(frame, request.tag.clone());
-        let results: Vec<_> = match request.entries {
-            Entries::Forward { start, count } => ForwardEvents::new(frame, start, count).collect(),
-            Entries::Packed(range) => {
-                let limits = Limits {
-                    max_size: range.len(),
-                    max_depth,
-                };
-                PackedEvents::new(frame, range, limits).collect()
-            }
-            Entries::Message(_) => unreachable!("not used here"),
+        let limits = ExpandLimits {
+            max_depth,
+            max_decompressed: 1 << 20,
         };
-        let mut outcome: Outcome = (Vec::new(), 0, None);
-        for r in results {
-            match r {
-                Ok(ev) => outcome.0.push(router.route(frame, &tag, ev)),
-                Err(e) => {
-                    outcome.1 += 1;
-                    outcome.2.get_or_insert(e);
-                }
-            }
-        }
-        outcome
+        super::reference::by_iterators(frame, &request, &router, limits).unwrap()
     }
 
     /// Entries each path must treat alike, with the depth cap they are checked under.

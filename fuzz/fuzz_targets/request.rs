@@ -15,15 +15,12 @@
 #![no_main]
 
 use bytes::{Buf, Bytes};
-use fwdgate::expand::{expand_request, ExpandLimits};
 use fwdgate::config::{Format, OutputConfig, RouteConfig};
+use fwdgate::expand::reference::{self, Outcome};
+use fwdgate::expand::{expand_request, ExpandLimits};
 use fwdgate::forward::ack::encode_ack;
-use fwdgate::forward::compression::decompress;
 use fwdgate::forward::json::{json_to_msgpack, starts_json, JsonScanner};
-use fwdgate::forward::request::{ForwardEvents, PackedEvents};
-use fwdgate::forward::{
-    decode_request, Compression, Entries, EventError, EventTime, Limits, Request, Scanner,
-};
+use fwdgate::forward::{decode_request, Entries, EventTime, Limits, Request, Scanner};
 use fwdgate::publish::format::{Encoder, Sink};
 use fwdgate::route::{Line, Routed, Router, Span};
 use libfuzzer_sys::fuzz_target;
@@ -93,57 +90,10 @@ fn in_range(span: Span, len: usize) {
     );
 }
 
-/// Routed events, the invalid count and the first reason.
-type Outcome = (Vec<Routed>, u64, Option<EventError>);
-
-/// What `expand_request` must give for `request`, worked out one walk at a time: each
-/// entry by the event iterators (packed ones through the scanner), then routed. `None`
-/// when the entries do not decompress.
+/// What `expand_request` must give for `request`: the library's reference, one walk
+/// at a time (`None` when the entries do not decompress).
 fn by_iterators(frame: &Bytes, request: &Request) -> Option<Outcome> {
-    let compressed = request.options.compressed != Compression::None;
-    let (data, tag) = match &request.entries {
-        Entries::Packed(range) if compressed => {
-            let mut plain = decompress(
-                request.options.compressed,
-                &frame[range.clone()],
-                EXPAND_LIMITS.max_decompressed,
-            )
-            .ok()?;
-            let at = plain.len();
-            plain.extend_from_slice(&frame[request.tag.clone()]);
-            let end = plain.len();
-            (plain, at..end)
-        }
-        _ => (frame.to_vec(), request.tag.clone()),
-    };
-    let tag_route = router().route_tag(&data, tag.clone());
-    let results: Vec<_> = match &request.entries {
-        Entries::Message(ev) => vec![ev.clone()],
-        Entries::Forward { start, count } => ForwardEvents::new(&data, *start, *count).collect(),
-        Entries::Packed(range) => {
-            let range = if compressed {
-                0..tag.start
-            } else {
-                range.clone()
-            };
-            let limits = Limits {
-                max_size: range.len(),
-                max_depth: EXPAND_LIMITS.max_depth,
-            };
-            PackedEvents::new(&data, range, limits).collect()
-        }
-    };
-    let mut outcome: Outcome = (Vec::new(), 0, None);
-    for r in results {
-        match r {
-            Ok(ev) => outcome.0.push(router().route(&data, &tag_route, ev)),
-            Err(e) => {
-                outcome.1 += 1;
-                outcome.2.get_or_insert(e);
-            }
-        }
-    }
-    Some(outcome)
+    reference::by_iterators(frame, request, router(), EXPAND_LIMITS)
 }
 
 /// Equal events, counting two "now" times (nil or zero on the wire) as equal.
