@@ -30,6 +30,19 @@ the disk spool (`[spool]`) beside the same cases without it:
              gateway's peak RSS meanwhile
 
 and (unless --quick) the many-connections cases.
+
+On request only (`--cases soak`, not part of the default run):
+
+  soak       memory under hostile input, for --soak-seconds (300): 8 lock-step acked
+             Forward connections at 40k events/s in all, 100 new connections a second
+             with one acked line each, and 30 hostile connections a second (fwd-garbage:
+             random bytes, wrong shapes, 4 GiB declared lengths, truncated requests,
+             slowloris, gzip bombs, broken JSON, 10,000-deep nesting), against one
+             gateway: RSS over time (an ASCII plot; soak.png unless --check), open fds
+             at start and end, every acked line checked at a libzmq subscriber
+             (zmq-count --exact), each hostile connection's outcome beside the
+             gateway's counters, exit status on SIGTERM. Results in soak.json.
+
 Every gateway is a fresh process on 127.0.0.1 with ephemeral ports; its CPU time is
 utime+stime from /proc/PID/stat (all threads) sampled before and after the case, its peak
 RSS is VmHWM from /proc/PID/status. Writes bench/results/latest.json and
@@ -71,6 +84,16 @@ SPOOL_ACK_RATE = 25_000
 # that show where p99 stays within 1 ms, for the gateway and for the floor.
 ACK_RATES = [100_000, 75_000, 50_000, 25_000]
 ACK_CONNS = 200
+# Cases run only when --cases names them.
+EXTRA_CASES = ["soak"]
+# The soak's load: acked Forward connections and their rate in all, events per request,
+# new connections a second (one acked line each), hostile connections a second.
+SOAK_CONNS, SOAK_RATE, SOAK_BATCH = 8, 40_000, 100
+SOAK_CHURN, SOAK_GARBAGE = 100, 30
+# Sender ids of the churn threads' lines (fwd-load's connections are 0..7).
+SOAK_CHURN_BASE, SOAK_CHURN_THREADS = 1000, 4
+# What --check demands of the soak.
+SOAK_RSS_GROWTH, SOAK_RSS_MAX_MB, SOAK_HWM_MAX_MB = 1.2, 300, 256
 
 started_procs = []
 
@@ -456,6 +479,379 @@ def churn_case(args):
                 peak_rss_mb=hwm, gateway=counters)
 
 
+def scrape(addr):
+    """The gateway's /metrics as {name: value} (labelled series keep their labels)."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                pass
+    return out
+
+
+def fd_count(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def missing_from(acked, seen):
+    """Lines acked ([sender, from, to) ranges) that are not among those seen, as
+    (count, up to 5 examples)."""
+    by_sender = {}
+    for c, a, b in seen:
+        by_sender.setdefault(c, []).append((a, b))
+    for runs in by_sender.values():
+        runs.sort()
+    missing, examples = 0, []
+    for c, a, b in acked:
+        covered = 0
+        for x, y in by_sender.get(c, []):
+            lo, hi = max(a, x), min(b, y)
+            if lo < hi:
+                covered += hi - lo
+        if covered < b - a:
+            missing += b - a - covered
+            if len(examples) < 5:
+                examples.append(f"sender {c} seq {a}..{b}: {b - a - covered} missing")
+    return missing, examples
+
+
+def ascii_plot(samples, key, marks, width=72, height=14, unit="MB"):
+    """A terminal plot of samples[key] against time: each column the highest reading
+    of its time slice; marks: {t: letter} drawn on the time axis."""
+    pts = [(s["t"], s[key]) for s in samples if s.get(key) is not None]
+    if len(pts) < 2:
+        return ""
+    t_end = pts[-1][0] or 1
+    top = max(v for _, v in pts) * 1.05 or 1
+    cols = [None] * width
+    for t, v in pts:
+        i = min(width - 1, int(t / t_end * (width - 1)))
+        cols[i] = v if cols[i] is None else max(cols[i], v)
+    last = None
+    for i in range(width):   # carry across empty columns
+        cols[i] = last if cols[i] is None else cols[i]
+        last = cols[i]
+    rows = []
+    for r in range(height, 0, -1):
+        lo = top * (r - 1) / height
+        label = f"{top * r / height:7.1f} |" if r in (height, (height + 1) // 2, 1) else "        |"
+        rows.append(label + "".join("#" if c is not None and c > lo else " " for c in cols))
+    axis = ["-"] * width
+    for t, letter in marks.items():
+        axis[min(width - 1, int(t / t_end * (width - 1)))] = letter
+    rows.append(f"{unit:>7} +" + "".join(axis))
+    rows.append(f"{'':8} 0 s{'':{width - 12}}{t_end:6.0f} s")
+    return "\n".join(rows)
+
+
+def soak_case(args):
+    """Memory under hostile input: acked Forward load, connection churn and hostile
+    connections at once against one gateway for --soak-seconds (see the docstring)."""
+    secs = args.soak_seconds
+    # The reference point RSS at the end is compared with: 60 s into the run, or 20 %
+    # of it for a shorter run (the same point for the default 300 s).
+    ref_t = min(60.0, 0.2 * secs)
+    timeout_ms = args.soak_request_timeout_ms
+    conf = os.path.join(RESULTS, "soak.toml")
+    with open(conf, "w") as f:
+        f.write('[metrics]\nlisten = "127.0.0.1:0"\n'
+                f'[limits]\nrequest_timeout_ms = {timeout_ms}\n')
+        if not args.soak_client_order:
+            f.write("[input]\nkeep_client_order = false\n")
+    stop_file = os.path.join(RESULTS, "soak-subscriber.stop")
+    if os.path.exists(stop_file):
+        os.remove(stop_file)
+    gw = Gateway("seed", ["--config", conf])
+    maddr = gw.ready["metrics"]
+    sub = load = churn = garbage = None
+    samples = []
+    t_load = None
+    try:
+        sub = spawn([os.path.join(BIN, "zmq-count"), "--connect", gw.zmq, "--exact",
+                     "--stop-file", stop_file, "--idle", "3", "--start-wait", str(secs + 120),
+                     "--max-seconds", str(secs + 600)], stdout=subprocess.PIPE, text=True)
+        time.sleep(1.0)   # let the SUB connect and subscribe
+        fds0, rss0 = fd_count(gw.pid), gw.rss_mb()
+        m0 = scrape(maddr)
+        cpu0 = gw.cpu()
+        win = Window()
+        t0 = time.time()
+        load = spawn([os.path.join(BIN, "fwd-load"), "--addr", gw.tcp, "--mode", "forward",
+                      "--connections", str(SOAK_CONNS), "--ack", "--rate", str(SOAK_RATE),
+                      "--batch", str(SOAK_BATCH), "--seconds", str(secs)],
+                     stdout=subprocess.PIPE, text=True)
+        churn = spawn([os.path.join(BIN, "fwd-conns"), "churn", "--addr", gw.tcp,
+                       "--rate", str(SOAK_CHURN), "--seconds", str(secs),
+                       "--threads", str(SOAK_CHURN_THREADS), "--sender-base", str(SOAK_CHURN_BASE)],
+                      stdout=subprocess.PIPE, text=True)
+        slow_max = timeout_ms / 1000 * 2 + 30
+        garbage = spawn([os.path.join(BIN, "fwd-garbage"), "--addr", gw.tcp,
+                         "--rate", str(SOAK_GARBAGE), "--seconds", str(secs),
+                         "--slow-max", str(slow_max), "--close-timeout", "30"],
+                        stdout=subprocess.PIPE, text=True)
+        tools = dict(load=load, churn=churn, garbage=garbage)
+        # The tools' output is read by threads, so that none blocks on a full pipe.
+        import threading
+        outs = {}
+
+        def reader(name, p):
+            outs[name] = p.stdout.read()
+
+        readers = [threading.Thread(target=reader, args=(n, p), daemon=True) for n, p in tools.items()]
+        for r in readers:
+            r.start()
+
+        def sample(phase):
+            now = time.time() - t0
+            s = dict(t=round(now, 2), phase=phase, rss_mb=gw.rss_mb(), hwm_mb=gw.hwm_mb(),
+                     fds=fd_count(gw.pid), cpu_s=gw.cpu() - cpu0)
+            try:
+                m = scrape(maddr)
+                s.update(active=m.get("fwdgate_connections_active"),
+                         intake_mb=m.get("fwdgate_intake_memory_bytes", 0) / 2**20,
+                         queue_mb=m.get("fwdgate_queue_bytes", 0) / 2**20,
+                         queue_requests=m.get("fwdgate_queue_requests"))
+            except OSError as e:
+                s["scrape_error"] = str(e)
+            samples.append(s)
+            return s
+
+        # Every wait is bounded: the tools end by themselves (their own time limits);
+        # past this deadline they are stopped.
+        deadline = t0 + secs + slow_max + 90
+        next_log = t0 + 30
+        while any(p.poll() is None for p in tools.values()) and time.time() < deadline:
+            time.sleep(max(0.0, t0 + len(samples) * args.soak_sample - time.time()))
+            s = sample("load" if time.time() - t0 <= secs else "ending")
+            if time.time() >= next_log:
+                next_log += 30
+                log(f"  soak {s['t']:.0f} s: RSS {s['rss_mb']:.1f} MB (peak {s['hwm_mb']:.1f}), "
+                    f"fds {s['fds']}, connections {s.get('active')}, intake {s.get('intake_mb', 0):.1f} MB")
+        t_load = time.time() - t0
+        for p in tools.values():
+            if p.poll() is None:
+                log(f"  soak: {p.args[0]} overstayed; stopping it")
+                p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            started_procs.remove(p)
+        for r in readers:
+            r.join(timeout=10)
+        results = {name: last_json(outs.get(name) or "") for name in tools}
+        # Drain: every client connection closed and the buffer empty (bounded), then
+        # --soak-drain seconds of quiet for the "after drain" reading.
+        drained_by = time.time() + 60
+        while time.time() < drained_by:
+            s = sample("drain")
+            if s.get("active") == 0 and not s.get("queue_requests"):
+                break
+            time.sleep(0.5)
+        quiet_from = time.time()
+        while time.time() - quiet_from < args.soak_drain:
+            time.sleep(min(args.soak_sample, 1.0))
+            sample("drain")
+        time.sleep(0.5)
+        fds1 = fd_count(gw.pid)
+        rss_drained = gw.rss_mb()
+        m1 = scrape(maddr)
+        cpu1 = gw.cpu()
+        hwm = gw.hwm_mb()
+        open(stop_file, "w").close()
+        cnt = last_json(finish(sub, 60))
+        sub = None
+        foreign = win.foreign(cpu1 - cpu0 + sum(r.get("cpu_s", 0) for r in results.values())
+                              + cnt.get("cpu_s", 0))
+    finally:
+        for p in (sub, load, churn, garbage):
+            if p is not None and p.poll() is None:
+                finish(p, 1)
+        counters = gw.stop()
+        exit_code = gw.p.returncode
+        if os.path.exists(stop_file):
+            os.remove(stop_file)
+    ld, ch, gb = results["load"], results["churn"], results["garbage"]
+    acked = [[i, 0, n] for i, n in enumerate(ld.get("acked_per_conn", []))]
+    acked += ch.get("acked", [])
+    acked_lines = sum(b - a for _, a, b in acked)
+    missing, examples = missing_from(acked, cnt.get("seen", []))
+    # Single readings swing with what is in flight (a gzip bomb being refused holds up
+    # to input.max_decompressed_size for some 50 ms), so the reference and the end are
+    # each the median of the readings in a window: around the reference point, and the
+    # last of the load.
+    win_s = max(3.0, 0.05 * secs)
+    during = [s for s in samples if s["phase"] == "load"]
+    median = lambda xs: sorted(xs)[len(xs) // 2] if xs else None
+    ref_w = [s["rss_mb"] for s in during if abs(s["t"] - ref_t) <= win_s / 2]
+    end_w = [s["rss_mb"] for s in during if s["t"] >= secs - win_s]
+    nearest = lambda t: min(during, key=lambda s: abs(s["t"] - t))["rss_mb"] if during else None
+    delta = lambda k: m1.get(k, 0) - m0.get(k, 0)
+    connected = gb["connections"] - gb["connect_failed"]
+    events = ld["events"] + ch["accepted"]
+    return dict(
+        seconds=secs, sample_seconds=args.soak_sample, request_timeout_ms=timeout_ms,
+        keep_client_order=args.soak_client_order,
+        load=dict(connections=SOAK_CONNS, rate=SOAK_RATE, batch=SOAK_BATCH,
+                  churn_rate=SOAK_CHURN, garbage_rate=SOAK_GARBAGE),
+        ref_t=ref_t, window_s=win_s, rss_start_mb=rss0,
+        rss_ref_mb=median(ref_w), rss_ref_readings=len(ref_w), rss_at_ref_mb=nearest(ref_t),
+        rss_end_mb=median(end_w), rss_end_readings=len(end_w), rss_at_end_mb=nearest(secs),
+        rss_max_mb=max(s["rss_mb"] for s in samples), peak_hwm_mb=hwm,
+        rss_after_drain_mb=rss_drained, drain_seconds=args.soak_drain,
+        load_ended_at=t_load, fds_start=fds0, fds_end=fds1,
+        fds_max=max(s["fds"] for s in samples),
+        exit_code=exit_code, acked_lines=acked_lines, missing=missing, missing_examples=examples,
+        duplicates=cnt.get("duplicates"), received=cnt["received"],
+        foreign_lines=cnt.get("malformed", 0),
+        acked_events_per_s=ld["events_per_s"], ack_latency=ld.get("ack_latency"),
+        load_errors=ld["errors"], load_error_samples=ld.get("error_samples"),
+        churn_accepted=ch["accepted"], churn_failed=ch["failed"], churn_error=ch.get("first_error"),
+        churn_per_s=ch["accepted_per_s"], churn_connect_latency=ch.get("connect_latency"),
+        garbage=gb, garbage_connected=connected,
+        gateway_rejected=delta("fwdgate_connections_rejected_total"),
+        gateway_refused=delta("fwdgate_connections_refused_total"),
+        gateway_accepted=delta("fwdgate_connections_accepted_total"),
+        gateway_requests=delta("fwdgate_requests_total"),
+        gateway_acks=delta("fwdgate_acks_sent_total"),
+        gateway_published=delta("fwdgate_events_published_total"),
+        gateway_order_wait_timeouts=delta("fwdgate_order_wait_timeouts_total"),
+        gateway_intake_waits=delta("fwdgate_intake_memory_waits_total"),
+        gateway_decompress_restarts=delta("fwdgate_decompress_restarts_total"),
+        gateway_dropped={k.split('"')[1]: v - m0.get(k, 0) for k, v in m1.items()
+                         if k.startswith("fwdgate_events_dropped_total{") and v - m0.get(k, 0)},
+        cpu_s=cpu1 - cpu0, cpu_per_m=per_million(cpu1 - cpu0, events), events=events,
+        foreign_cores=foreign, samples=samples, gateway=counters)
+
+
+def soak_failures(r):
+    """What --check refuses in the soak."""
+    bad = []
+    if r["missing"]:
+        bad.append(f"soak: {r['missing']:,} of {r['acked_lines']:,} acked lines never reached the "
+                   f"subscriber ({'; '.join(r['missing_examples'])})")
+    if r["load_errors"]:
+        bad.append(f"soak: the acked Forward load reported errors: {r['load_error_samples']}")
+    if r["churn_failed"]:
+        bad.append(f"soak: {r['churn_failed']} churn connections failed ({r['churn_error']})")
+    g = r["garbage"]
+    for kind, k in g["kinds"].items():
+        odd = {o: k[o] for o in ("answered", "open", "connect_failed") if k[o]}
+        if odd:
+            bad.append(f"soak: hostile connections of kind {kind} not closed by the gateway as "
+                       f"expected: {odd} of {k['sent']}")
+    if r["gateway_rejected"] != r["garbage_connected"]:
+        bad.append(f"soak: the gateway counted {r['gateway_rejected']:.0f} connections rejected, "
+                   f"{r['garbage_connected']} hostile connections were made")
+    if r["fds_end"] != r["fds_start"]:
+        bad.append(f"soak: the gateway's open fds went from {r['fds_start']} to {r['fds_end']}")
+    if r["exit_code"] != 0:
+        bad.append(f"soak: the gateway exited with {r['exit_code']} on SIGTERM")
+    ref, end = r["rss_ref_mb"], r["rss_end_mb"]
+    if ref is None or end is None:
+        bad.append("soak: no RSS readings while the load ran")
+    elif end > SOAK_RSS_GROWTH * ref:
+        bad.append(f"soak: RSS at the end of the load {end:.1f} MB is over {SOAK_RSS_GROWTH}x the "
+                   f"{ref:.1f} MB at {r['ref_t']:.0f} s (medians of the readings of {r['window_s']:.0f} s)")
+    if r["rss_max_mb"] >= SOAK_RSS_MAX_MB:
+        bad.append(f"soak: RSS reached {r['rss_max_mb']:.1f} MB (limit {SOAK_RSS_MAX_MB} MB)")
+    if r["peak_hwm_mb"] >= SOAK_HWM_MAX_MB:
+        bad.append(f"soak: peak RSS (VmHWM) {r['peak_hwm_mb']:.1f} MB (limit {SOAK_HWM_MAX_MB} MB)")
+    return bad
+
+
+def soak_report(r):
+    lat_ms = lambda h: "–" if not h else f"{h['p50_us'] / 1000:.1f} / {h['p99_us'] / 1000:.1f} / {h['max_us'] / 1000:.0f}"
+    marks = {r["ref_t"]: "R", r["seconds"]: "E", r["load_ended_at"]: "D"}
+    lines = [f"soak, {r['seconds']:.0f} s: {r['load']['connections']} acked Forward connections at "
+             f"{r['load']['rate']:,} events/s, {r['load']['churn_rate']} new connections/s, "
+             f"{r['load']['garbage_rate']} hostile connections/s (limits.request_timeout_ms = "
+             f"{r['request_timeout_ms']}" + ("" if r["keep_client_order"] else ", input.keep_client_order = false")
+             + f"); other load {r['foreign_cores']:.2f} cores",
+             "",
+             "gateway RSS (MB) over time; R: the reference point, E: the end of the load, "
+             "D: the last hostile connection closed",
+             ascii_plot(r["samples"], "rss_mb", marks),
+             "",
+             f"RSS (medians of the readings of {r['window_s']:.0f} s): start {r['rss_start_mb']:.1f} MB, "
+             f"at {r['ref_t']:.0f} s {r['rss_ref_mb']:.1f} MB (the reference: "
+             f"{'60 s' if r['ref_t'] == 60 else '20 % of the run'}), at the end of the load "
+             f"{r['rss_end_mb']:.1f} MB ({r['rss_end_mb'] / r['rss_ref_mb']:.2f}x); single readings "
+             f"{r['rss_at_ref_mb']:.1f} and {r['rss_at_end_mb']:.1f} MB; highest reading {r['rss_max_mb']:.1f} MB, "
+             f"peak (VmHWM) {r['peak_hwm_mb']:.1f} MB, {r['drain_seconds']:.0f} s after the drain "
+             f"{r['rss_after_drain_mb']:.1f} MB",
+             f"open fds: {r['fds_start']} at the start, {r['fds_end']} at the end (at most {r['fds_max']})",
+             f"acked lines: {r['acked_lines']:,} (Forward {r['acked_events_per_s']:,.0f} events/s, ack "
+             f"p50 / p99 / max {lat_ms(r['ack_latency'])} ms; churn {r['churn_accepted']:,} connections, "
+             f"{r['churn_per_s']:,.1f}/s, {r['churn_failed']} failed, connect-to-ack p99 "
+             f"{lat_ms(r['churn_connect_latency'])} ms), missing at the subscriber {r['missing']:,}, "
+             f"duplicates {r['duplicates']:,}, other lines {r['foreign_lines']:,}",
+             f"gateway: CPU {r['cpu_s']:.1f} s ({fmt_num(r['cpu_per_m'], 2)} s per million events), "
+             f"connections accepted {r['gateway_accepted']:,.0f}, rejected {r['gateway_rejected']:,.0f} "
+             f"(hostile connections made {r['garbage_connected']:,}), refused at accept "
+             f"{r['gateway_refused']:,.0f}, requests {r['gateway_requests']:,.0f}, acks {r['gateway_acks']:,.0f}, "
+             f"events published {r['gateway_published']:,.0f}, dropped {r['gateway_dropped'] or 0}, "
+             f"order waits given up {r['gateway_order_wait_timeouts']:,.0f}, intake budget waits "
+             f"{r['gateway_intake_waits']:,.0f}, decompressions restarted {r['gateway_decompress_restarts']:,.0f}; "
+             f"exit status on SIGTERM {r['exit_code']}",
+             "",
+             *([] if r["acked_events_per_s"] >= 0.9 * r["load"]["rate"] else [
+                 f"note: the acked Forward load reached {r['acked_events_per_s']:,.0f} of its "
+                 f"{r['load']['rate']:,} events/s: every connection comes from 127.0.0.1, and while a "
+                 f"request of that address is still arriving with its tag unknown (slowloris), the "
+                 f"order per client (input.keep_client_order) holds that address's later requests "
+                 f"back for up to a second ({r['gateway_order_wait_timeouts']:,.0f} waits given up)", ""]),
+             "| hostile kind | sent | closed | reset | answered | still open | connect failed | time to close p50 / max (ms) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for kind, k in r["garbage"]["kinds"].items():
+        h = k.get("time_to_close")
+        t = "–" if not h else f"{h['p50_us'] / 1000:,.1f} / {h['max_us'] / 1000:,.0f}"
+        lines.append(f"| {kind} | {k['sent']:,} | {k['closed']:,} | {k['reset']:,} | {k['answered']} | "
+                     f"{k['open']} | {k['connect_failed']} | {t} |")
+    g = r["garbage"]
+    lines.append(f"| all ({g['per_s']:.1f}/s) | {g['connections']:,} | {g['closed']:,} | {g['reset']:,} | "
+                 f"{g['answered']} | {g['open']} | {g['connect_failed']} | |")
+    return "\n".join(lines)
+
+
+def soak_plot(r, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    s = r["samples"]
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    ts = [x["t"] for x in s]
+    ax.plot(ts, [x["rss_mb"] for x in s], color="#4c72b0", label="RSS")
+    ax.plot(ts, [x["hwm_mb"] for x in s], color="#4c72b0", ls=":", label="peak (VmHWM)")
+    ax.plot(ts, [x.get("intake_mb") or 0 for x in s], color="#55a868", lw=0.8,
+            label="intake budget in use")
+    ax.axvline(r["ref_t"], color="gray", ls="--", lw=0.8)
+    ax.axvline(r["seconds"], color="black", ls="--", lw=0.8)
+    ax.axhline(SOAK_RSS_GROWTH * r["rss_ref_mb"], color="#c44e52", ls=":", lw=0.8,
+               label=f"{SOAK_RSS_GROWTH}x RSS at {r['ref_t']:.0f} s")
+    ax.set_xlabel("seconds (dashed: reference point, end of the load)")
+    ax.set_ylabel("MB")
+    ax.set_ylim(bottom=0)
+    ax2 = ax.twinx()
+    ax2.plot(ts, [x["fds"] for x in s], color="#dd8452", lw=0.8, label="open fds")
+    ax2.set_ylabel("open fds")
+    ax2.set_ylim(bottom=0)
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper left")
+    ax.set_title(f"Soak {r['seconds']:.0f} s: acked Forward {r['load']['rate'] // 1000}k events/s, "
+                 f"{r['load']['churn_rate']} new conns/s, {r['load']['garbage_rate']} hostile conns/s", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
 def machine():
     cpu = "?"
     try:
@@ -734,20 +1130,34 @@ def main():
                     help="re-run a case when other processes took more cores than this")
     ap.add_argument("--tries", type=int, default=3, help="runs of a case at most")
     ap.add_argument("--cases", default=",".join(CASES),
-                    help="comma-separated cases to run (default all): " + ", ".join(CASES))
+                    help="comma-separated cases to run (default all but the soak): "
+                         + ", ".join(CASES + EXTRA_CASES))
     ap.add_argument("--results", default=RESULTS,
                     help="directory for latest.json, plot.png and the gateways' logs")
     ap.add_argument("--replay-mb", type=int, default=1024,
                     help="size the replay case fills the spool to (MB)")
     ap.add_argument("--replay-sizes", default="128,256,512",
                     help="spool sizes (MB) on the way to --replay-mb at which start-up is timed")
+    ap.add_argument("--soak-seconds", type=float, default=300.0,
+                    help="how long the soak case's load runs")
+    ap.add_argument("--soak-request-timeout-ms", type=int, default=10_000,
+                    help="limits.request_timeout_ms of the soak's gateway: how long slowloris "
+                         "connections are held before the gateway cuts them off")
+    ap.add_argument("--soak-client-order", default="on", choices=["on", "off"],
+                    help="input.keep_client_order of the soak's gateway (off: the hostile "
+                         "connections, from the same address, cannot hold the acked load back)")
+    ap.add_argument("--soak-sample", type=float, default=0.5,
+                    help="seconds between the soak's RSS readings")
+    ap.add_argument("--soak-drain", type=float, default=5.0,
+                    help="seconds of quiet after the soak's load before the after-drain reading")
     ap.add_argument("--check", action="store_true",
                     help="exit 1 when a case lost events or a tool reported errors (timings "
                          "are never checked: the test suite runs a short benchmark this way)")
     args = ap.parse_args()
     RESULTS = args.results
+    args.soak_client_order = args.soak_client_order == "on"
     wanted = set(args.cases.split(","))
-    unknown = wanted - set(CASES)
+    unknown = wanted - set(CASES + EXTRA_CASES)
     if unknown:
         ap.error("unknown case(s): " + ", ".join(sorted(unknown)))
     os.makedirs(RESULTS, exist_ok=True)
@@ -851,17 +1261,34 @@ def main():
         if "churn" in wanted:
             results["churn"] = churn_case(args)
             log("  ", {k: v for k, v in results["churn"].items() if k != "gateway"})
+    if "soak" in wanted:
+        log(f"soak, {args.soak_seconds:.0f} s")
+        results["soak"] = soak_case(args)
     results["targets"] = evaluate(results)
     results["wall_seconds"] = round(time.time() - t_start, 1)
-    with open(os.path.join(RESULTS, "latest.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    # The soak alone leaves the last full run's latest.json and plot.png as they are.
+    main_run = bool(wanted - set(EXTRA_CASES))
+    soak = results.pop("soak", None)
+    written = []
+    if main_run:
+        with open(os.path.join(RESULTS, "latest.json"), "w") as f:
+            json.dump(results, f, indent=1)
+        written.append(f"{RESULTS}/latest.json")
+    if soak:
+        with open(os.path.join(RESULTS, "soak.json"), "w") as f:
+            json.dump(dict(date=results["date"], machine=results["machine"], command=results["command"],
+                           soak=soak), f, indent=1)
+        written.append(f"{RESULTS}/soak.json")
     # A --check run is a smoke test of the tools with cases too short to mean anything:
-    # it draws no plot and judges no timing.
-    plotted = False
+    # it draws no plot and judges no timing (but the soak's memory bounds).
     if not args.check:
         try:
-            plot(results, os.path.join(RESULTS, "plot.png"))
-            plotted = True
+            if main_run:
+                plot(results, os.path.join(RESULTS, "plot.png"))
+                written.append(f"plot {RESULTS}/plot.png")
+            if soak:
+                soak_plot(soak, os.path.join(RESULTS, "soak.png"))
+                written.append(f"plot {RESULTS}/soak.png")
         except ImportError as e:
             log(f"no plot ({e}; scripts/bench.sh installs matplotlib)")
     m = results["machine"]
@@ -869,7 +1296,8 @@ def main():
           f"{m['kernel']}, {m['rustc']}; gateway {m['gateway']} at {m['commit']}"
           + (f" with modified {', '.join(m['src_modified'])}" if m["src_modified"] else "")
           + f"; load average at start {' '.join(m['loadavg_at_start'])}\n")
-    print(table(results))
+    if results["cases"]:
+        print(table(results))
     if results.get("hold"):
         h = results["hold"]
         print(f"\n{h['connections']:,} held connections (one line each): RSS {h['rss_before_mb']:.1f} → "
@@ -890,21 +1318,24 @@ def main():
               f"(target {c['target_rate']:,}), connect p50/p99 {c['connect_latency']['p50_us']:.0f} / "
               f"{c['connect_latency']['p99_us']:.0f} µs, {c['failed']} failed, with "
               f"{c['background']['events_per_s']:,.0f} Forward events/s flowing")
+    if soak:
+        print("\n" + soak_report(soak))
     if args.check:
-        print("\n--check: no timing target is judged (the cases are too short); only lost events "
-              "and tool errors fail the run")
-    else:
+        print("\n--check: no timing target is judged (the cases are too short); lost events, tool "
+              "errors and, in the soak, lost acked lines, hostile connections not closed, open fds, "
+              "the exit status and the memory bounds fail the run")
+    elif main_run:
         print("\n| target | measured | met |\n|---|---|---|")
         for t in results["targets"]:
             print(f"| {t['target']} | {t['measured']} | {'met' if t['met'] else '**not met**'} |")
-    print(f"\nwall time {results['wall_seconds']} s; results in {RESULTS}/latest.json"
-          + (f", plot in {RESULTS}/plot.png" if plotted else ""))
+    print(f"\nwall time {results['wall_seconds']} s; results in {', '.join(written)}")
     if args.check:
-        bad = failures(results)
+        bad = failures(results) + (soak_failures(soak) if soak else [])
         for b in bad:
             log("check failed: " + b)
         if bad:
             sys.exit(1)
+        print("--check: passed")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,17 @@ use fwdgate::tail::Stopped;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
+/// The global allocator, when a feature asks for one other than the C library's
+/// (BENCHMARKS.md, "Allocators"). Only Rust's allocations go through it; libzmq and
+/// zstd, being C, keep the C library's.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit status of every failure: a bad flag, variable or file, a port already taken, a
 /// runtime error. 0 is success, and help or version printed.
 const FAILURE: u8 = 1;

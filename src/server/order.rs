@@ -105,6 +105,11 @@ impl View {
     /// True when this connection may still hand over a request with tag `tag` (hashed)
     /// whose first byte arrived before `key` (ties go to the older connection). The
     /// order of the loads matters: see the protocol in [`Member::reading`].
+    ///
+    /// A request of its that began [`MAX_WAIT`] or more before `key` and is still
+    /// arriving holds nothing back any more: else a client trickling one request (a
+    /// slowloris) would hold back each later request of its address for a second, one
+    /// after the other, until `limits.request_timeout_ms` cut it off.
     fn may_precede(&self, key: u64, tag: u64, id: u64) -> bool {
         let unread = self.fd >= 0 && unread_bytes(self.fd) > 0;
         let reading = self.reading.load(Ordering::SeqCst);
@@ -118,7 +123,8 @@ impl View {
             // follow it on its connection.
             return false;
         }
-        let earlier = pending < key || (pending == key && pending != NONE && self.id < id);
+        let earlier = (pending < key && key - pending < MAX_WAIT.as_nanos() as u64)
+            || (pending == key && pending != NONE && self.id < id);
         if earlier && (pending_tag == 0 || pending_tag == tag) {
             return true;
         }
@@ -488,6 +494,28 @@ mod tests {
             order.counters.order_wait_timeouts.load(Ordering::Relaxed),
             0
         );
+    }
+
+    #[tokio::test]
+    async fn a_request_begun_a_second_earlier_holds_nothing_back() {
+        let order = Arc::new(Order::default());
+        let id: Arc<str> = "10.0.0.1".into();
+        let mut slow = order.join(&id, -1);
+        let mut quick = order.join(&id, -1);
+        slow.turn(b"app", 0).await;
+        quick.turn(b"app", 0).await;
+        // A request (tag not known yet) began at 1 s and is still arriving, a byte now
+        // and then; requests that began a second or more after it do not wait for it.
+        let second = MAX_WAIT.as_nanos() as u64;
+        slow.reading();
+        slow.read(second + 5, Some((second, 0)));
+        for k in 2..5 {
+            quick.reading();
+            quick.read(k * second, Some((k * second, tag_hash(b"app"))));
+            quick.turn(b"app", k * second).await;
+            quick.handed_over(None);
+        }
+        assert_eq!(order.counters.order_waits.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]

@@ -142,3 +142,36 @@ def test_order_holds_with_many_senders_at_once(start_gateway, subscribe):
     for tag in tags:
         assert by_tag[tag] == ["%s %04d %03d" % (tag, k, i) for k in range(chunks) for i in range(per)], tag
     assert sub.sync(gw) == []
+
+
+def test_a_trickling_request_holds_back_its_address_for_a_second_at_most(start_gateway, subscribe):
+    """A connection that trickles one request, a byte now and then, its tag not sent yet
+    (a slowloris), holds back the other connections of its address only during the
+    first second of that request; afterwards their requests are acked at once. (Before,
+    every later request waited a second for it, until limits.request_timeout_ms.)"""
+    gw = start_gateway()
+    sub = subscribe(gw, b"ttrickle")
+    slow = socket.create_connection(gw.addr, timeout=10)
+    try:
+        slow.sendall(b"\x93\xd9\xc8")   # [ str8 of 200 bytes: the tag is never complete
+        time.sleep(1.2)
+        with socket.create_connection(gw.addr, timeout=10) as c:
+            t = time.monotonic()
+            for k in range(10):
+                slow.sendall(b"x")
+                c.sendall(fwd.message("app", T0, fwd.rec("line %d" % k, tenant="ttrickle"),
+                                      option(chunk="tr%d" % k)))
+                want = ack("tr%d" % k)
+                got = b""
+                while len(got) < len(want):
+                    part = c.recv(len(want) - len(got))
+                    if not part:
+                        break
+                    got += part
+                assert got == want
+            took = time.monotonic() - t
+        assert took < 3, "10 acked requests took %.1f s" % took
+        msgs = sub.recv_n(10, timeout=10)
+        assert [m[2].split(b": ", 1)[1] for m in msgs] == [b"line %d" % k for k in range(10)]
+    finally:
+        slow.close()

@@ -11,11 +11,14 @@
 //! `--threads` threads); each sends one Message request with `option.chunk`, waits for
 //! the ack (so the connection was accepted, read and served, not only queued in the
 //! kernel's backlog) and closes. Reports the rate served and the latency from connect()
-//! to the ack.
+//! to the ack. Its lines are untracked (sender `c=99999`) unless `--sender-base N` is
+//! given: then thread `t` is sender `N + t` and its `k`-th connection's line has
+//! sequence number `k`, and `acked` lists the ranges `[sender, from, to)` of the lines
+//! whose ack came back (a subscriber can check each of them arrived).
 //!
 //! ```text
 //! fwd-conns hold  --addr A --connections 10000 [--rate 5000] [--hold-seconds 4] [--rss-pid PID]
-//! fwd-conns churn --addr A --rate 2000 --seconds 3 [--threads 8]
+//! fwd-conns churn --addr A --rate 2000 --seconds 3 [--threads 8] [--sender-base N]
 //! ```
 
 use fwdgate_bench::*;
@@ -23,7 +26,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-fn message(sender: u32, chunk: Option<&[u8; 16]>) -> Vec<u8> {
+fn message(sender: u32, seq: u64, chunk: Option<&[u8; 16]>) -> Vec<u8> {
     let mut b = Vec::new();
     put_array_header(&mut b, 4);
     put_str(
@@ -32,8 +35,8 @@ fn message(sender: u32, chunk: Option<&[u8; 16]>) -> Vec<u8> {
     );
     let ts = now_ns();
     put_event_time(&mut b, ts);
-    let at = put_record(&mut b, sender, 0, 0);
-    patch_line(&mut b, at, 0, ts);
+    let at = put_record(&mut b, sender, seq, 0);
+    patch_line(&mut b, at, seq, ts);
     match chunk {
         Some(c) => {
             put_map_header(&mut b, 1);
@@ -86,7 +89,7 @@ fn hold(a: &Args) {
         }
         match TcpStream::connect(&addr) {
             Ok(mut s) => {
-                if s.write_all(&message(i, None)).is_ok() {
+                if s.write_all(&message(i, 0, None)).is_ok() {
                     sent += 1;
                 }
                 held.push(s);
@@ -122,8 +125,14 @@ fn churn(a: &Args) {
     let rate: f64 = a.num("rate", 2000.0);
     let secs: f64 = a.num("seconds", 3.0);
     let threads: usize = a.num("threads", 8);
-    assert!(rate > 0.0 && secs > 0.0 && secs <= 60.0 && threads > 0);
+    let base: u32 = a.num("sender-base", UNTRACKED_SENDER);
+    assert!(rate > 0.0 && secs > 0.0 && secs <= 3600.0 && threads > 0);
+    assert!(
+        base == UNTRACKED_SENDER || base as usize + threads < UNTRACKED_SENDER as usize,
+        "--sender-base too large"
+    );
     let per_thread = rate / threads as f64;
+    let cpu0 = self_cpu_seconds();
     let start = Instant::now() + Duration::from_millis(50);
     let handles: Vec<_> = (0..threads)
         .map(|t| {
@@ -132,6 +141,13 @@ fn churn(a: &Args) {
                 let mut hist = new_hist();
                 let (mut ok, mut failed, mut k) = (0u64, 0u64, 0u64);
                 let mut err = String::new();
+                let sender = if base == UNTRACKED_SENDER {
+                    base
+                } else {
+                    base + t as u32
+                };
+                // Runs of acked sequence numbers: (from, to).
+                let mut acked: Vec<(u64, u64)> = Vec::new();
                 let phase = Duration::from_secs_f64(t as f64 / rate);
                 let end = start + Duration::from_secs_f64(secs);
                 loop {
@@ -143,6 +159,7 @@ fn churn(a: &Args) {
                     if due > now {
                         std::thread::sleep(due - now);
                     }
+                    let seq = k;
                     k += 1;
                     let mut chunk = [b'0'; 16];
                     put_digits(&mut chunk[..4], t as u64);
@@ -153,7 +170,7 @@ fn churn(a: &Args) {
                         let mut s = TcpStream::connect(&addr)?;
                         s.set_nodelay(true)?;
                         s.set_read_timeout(Some(Duration::from_secs(5)))?;
-                        s.write_all(&message(UNTRACKED_SENDER, Some(&chunk)))?;
+                        s.write_all(&message(sender, seq, Some(&chunk)))?;
                         let mut ack = [0u8; 22];
                         s.read_exact(&mut ack)?;
                         if ack[6..] != chunk {
@@ -165,6 +182,10 @@ fn churn(a: &Args) {
                         Ok(()) => {
                             ok += 1;
                             record_ns(&mut hist, t0.elapsed().as_nanos() as u64);
+                            match acked.last_mut() {
+                                Some(run) if run.1 == seq => run.1 = seq + 1,
+                                _ => acked.push((seq, seq + 1)),
+                            }
                         }
                         Err(e) => {
                             failed += 1;
@@ -174,7 +195,11 @@ fn churn(a: &Args) {
                         }
                     }
                 }
-                (ok, failed, hist, err, Instant::now())
+                let acked: Vec<String> = acked
+                    .iter()
+                    .map(|(from, to)| format!("[{sender}, {from}, {to}]"))
+                    .collect();
+                (ok, failed, hist, err, Instant::now(), acked)
             })
         })
         .collect();
@@ -182,8 +207,12 @@ fn churn(a: &Args) {
     let (mut ok, mut failed) = (0u64, 0u64);
     let mut err = String::new();
     let mut last = start;
+    let mut acked = Vec::new();
     for h in handles {
-        let (o, f, hh, e, end) = h.join().expect("thread");
+        let (o, f, hh, e, end, a) = h.join().expect("thread");
+        if base != UNTRACKED_SENDER {
+            acked.extend(a);
+        }
         ok += o;
         failed += f;
         hist.add(&hh).ok();
@@ -194,14 +223,16 @@ fn churn(a: &Args) {
     }
     let elapsed = (last - start).as_secs_f64().max(1e-9);
     println!(
-        "{{\"tool\": \"fwd-conns churn\", \"rate\": {}, \"accepted\": {}, \"failed\": {}, \"first_error\": {:?}, \"seconds\": {:.3}, \"accepted_per_s\": {:.0}, {}}}",
+        "{{\"tool\": \"fwd-conns churn\", \"rate\": {}, \"accepted\": {}, \"failed\": {}, \"first_error\": {:?}, \"seconds\": {:.3}, \"accepted_per_s\": {:.0}, \"cpu_s\": {:.3}, {}, \"acked\": [{}]}}",
         rate,
         ok,
         failed,
         err,
         elapsed,
         ok as f64 / elapsed,
-        hist_json("connect_latency", &hist)
+        self_cpu_seconds() - cpu0,
+        hist_json("connect_latency", &hist),
+        acked.join(", ")
     );
 }
 

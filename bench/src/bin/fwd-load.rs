@@ -14,7 +14,9 @@
 //!
 //! With `--ack` every request carries `option.chunk` and the connection waits for the
 //! `{"ack": chunk}` answer before it writes the next one (lock-step, like Docker's
-//! `fluentd-request-ack`); the time from the write to the ack is recorded.
+//! `fluentd-request-ack`); the time from the write to the ack is recorded, and
+//! `acked_per_conn` lists how many events each connection had acked: connection `i`
+//! is sender `i`, and its acked events are its sequence numbers `0..acked_per_conn[i]`.
 //!
 //! ```text
 //! fwd-load --addr 127.0.0.1:24224 --mode message|forward|packed|compressed
@@ -301,7 +303,7 @@ fn run_acked(
     quota: u64,
     deadline: Instant,
     rate_per_conn: f64,
-) -> ConnResult {
+) -> (ConnResult, Vec<u64>) {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
     use std::os::fd::AsRawFd;
@@ -426,7 +428,7 @@ fn run_acked(
     for c in closers {
         let _ = c.join();
     }
-    r
+    (r, events)
 }
 
 fn main() {
@@ -498,10 +500,13 @@ fn main() {
     let max = Duration::from_secs_f64(seconds);
     let rate_per_conn = rate / conns as f64;
     let cpu0 = self_cpu_seconds();
+    let mut acked = Vec::new();
     let (start, total, errors) = if ack {
         let units: Vec<Unit> = (0..conns).map(|i| unit_for(i, true)).collect();
         let start = Instant::now();
-        let mut r = run_acked(streams, units, per_conn_quota, start + max, rate_per_conn);
+        let (mut r, per_conn) =
+            run_acked(streams, units, per_conn_quota, start + max, rate_per_conn);
+        acked = per_conn;
         let errors: Vec<String> = r.error.take().into_iter().collect();
         (start, r, errors)
     } else {
@@ -559,7 +564,7 @@ fn main() {
     let cpu = self_cpu_seconds() - cpu0;
     let errs: Vec<String> = errors.iter().take(3).map(|e| format!("{:?}", e)).collect();
     println!(
-        "{{\"tool\": \"fwd-load\", \"mode\": \"{:?}\", \"connections\": {}, \"ack\": {}, \"final_ack\": {}, \"rate\": {}, \"events\": {}, \"requests\": {}, \"bytes\": {}, \"seconds\": {:.4}, \"events_per_s\": {:.0}, \"mb_per_s\": {:.2}, \"cpu_s\": {:.3}, {}, \"errors\": {}, \"error_samples\": [{}]}}",
+        "{{\"tool\": \"fwd-load\", \"mode\": \"{:?}\", \"connections\": {}, \"ack\": {}, \"final_ack\": {}, \"rate\": {}, \"events\": {}, \"requests\": {}, \"bytes\": {}, \"seconds\": {:.4}, \"events_per_s\": {:.0}, \"mb_per_s\": {:.2}, \"cpu_s\": {:.3}, {}, \"errors\": {}, \"error_samples\": [{}]{}}}",
         mode,
         conns,
         ack,
@@ -574,6 +579,12 @@ fn main() {
         cpu,
         hist_json("ack_latency", &total.acks),
         errors.len(),
-        errs.join(", ")
+        errs.join(", "),
+        if ack && mode != Mode::Compressed {
+            let v: Vec<String> = acked.iter().map(|n| n.to_string()).collect();
+            format!(", \"acked_per_conn\": [{}]", v.join(", "))
+        } else {
+            String::new()
+        }
     );
 }

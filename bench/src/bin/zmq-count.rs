@@ -12,9 +12,17 @@
 //! `--start-wait` seconds with none, or `--max-seconds` in all. Prints one JSON line;
 //! `received` counts events, `messages` messages.
 //!
+//! `--exact` keeps every tracked (sender, seq) received: `duplicates` counts the
+//! events received again, and `seen` lists, per sender, the ranges of sequence numbers
+//! received (`[sender, from, to)`), so that a caller who knows which lines were acked
+//! can tell exactly which of them did not arrive, whatever the order. With
+//! `--stop-file PATH` the idle rule applies only once that file exists (a soak whose
+//! load pauses keeps its subscriber).
+//!
 //! ```text
 //! zmq-count --connect tcp://127.0.0.1:6362 [--format seed|batch] [--expected N]
 //!           [--idle 2] [--start-wait 30] [--max-seconds 120] [--ready-file PATH]
+//!           [--exact] [--stop-file PATH]
 //! ```
 
 use fwdgate_bench::*;
@@ -27,16 +35,62 @@ struct Sequences {
     gaps: u64,
     out_of_order: u64,
     untracked: u64,
+    /// With `--exact`: a bit per (sender, seq) received.
+    seen: Option<Vec<Vec<u64>>>,
+    duplicates: u64,
 }
 
 impl Sequences {
-    fn new() -> Sequences {
+    fn new(exact: bool) -> Sequences {
         Sequences {
             next: vec![0; UNTRACKED_SENDER as usize + 1],
             gaps: 0,
             out_of_order: 0,
             untracked: 0,
+            seen: exact.then(|| vec![Vec::new(); UNTRACKED_SENDER as usize]),
+            duplicates: 0,
         }
+    }
+
+    /// Marks (c, seq) received; counts it as a duplicate when it was already.
+    fn mark(&mut self, c: u32, seq: u64) {
+        let Some(seen) = &mut self.seen else {
+            return;
+        };
+        let bits = &mut seen[c as usize];
+        let (word, bit) = ((seq / 64) as usize, seq % 64);
+        if bits.len() <= word {
+            bits.resize((word + 1).next_power_of_two(), 0);
+        }
+        if bits[word] & (1 << bit) != 0 {
+            self.duplicates += 1;
+        }
+        bits[word] |= 1 << bit;
+    }
+
+    /// `[sender, from, to]` for every run of sequence numbers received.
+    fn ranges(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (c, bits) in self.seen.iter().flatten().enumerate() {
+            let mut run: Option<u64> = None;
+            for (w, &word) in bits.iter().enumerate() {
+                for b in 0..64 {
+                    let seq = w as u64 * 64 + b;
+                    match (word & (1 << b) != 0, run) {
+                        (true, None) => run = Some(seq),
+                        (false, Some(from)) => {
+                            out.push(format!("[{c}, {from}, {seq}]"));
+                            run = None;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            if let Some(from) = run {
+                out.push(format!("[{c}, {from}, {}]", bits.len() as u64 * 64));
+            }
+        }
+        out
     }
 
     /// Checks one event's line, received at `t` (ns); false when it is not a bench line.
@@ -51,6 +105,7 @@ impl Sequences {
             self.untracked += 1;
             return true;
         }
+        self.mark(c, seq);
         let want = &mut self.next[c as usize];
         if seq == *want {
             *want += 1;
@@ -65,13 +120,15 @@ impl Sequences {
 }
 
 fn main() {
-    let a = Args::parse(&[]);
+    let a = Args::parse(&["exact"]);
     let endpoint = a.str("connect", "tcp://127.0.0.1:6362");
     let expected: u64 = a.num("expected", 0);
     let idle = Duration::from_secs_f64(a.num("idle", 2.0));
     let start_wait = Duration::from_secs_f64(a.num("start-wait", 30.0));
     let max = Duration::from_secs_f64(a.num("max-seconds", 120.0));
     let ready_file = a.str("ready-file", "");
+    let stop_file = a.str("stop-file", "");
+    let exact = a.flag("exact");
     let batch = match a.str("format", "seed").as_str() {
         "seed" => false,
         "batch" => true,
@@ -94,7 +151,7 @@ fn main() {
     let started = Instant::now();
     let cpu0 = self_cpu_seconds();
     let mut hist = new_hist();
-    let mut seqs = Sequences::new();
+    let mut seqs = Sequences::new(exact);
     let (mut received, mut messages, mut bytes, mut malformed) = (0u64, 0u64, 0u64, 0u64);
     let mut first: Option<Instant> = None;
     let mut last = started;
@@ -118,7 +175,10 @@ fn main() {
                 stop_reason = "start-wait";
                 break;
             }
-            Some(_) if now - last > idle => {
+            Some(_)
+                if now - last > idle
+                    && (stop_file.is_empty() || std::path::Path::new(&stop_file).exists()) =>
+            {
                 stop_reason = "idle";
                 break;
             }
@@ -184,7 +244,7 @@ fn main() {
     };
     let per_s = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
     println!(
-        "{{\"tool\": \"zmq-count\", \"format\": \"{}\", \"received\": {}, \"messages\": {}, \"expected\": {}, \"missing\": {}, \"seq_gaps\": {}, \"out_of_order\": {}, \"malformed\": {}, \"untracked\": {}, \"bytes\": {}, \"seconds\": {:.4}, \"events_per_s\": {:.0}, \"msgs_per_s\": {:.0}, \"mb_per_s\": {:.2}, \"cpu_s\": {:.3}, \"stop\": \"{}\", {}}}",
+        "{{\"tool\": \"zmq-count\", \"format\": \"{}\", \"received\": {}, \"messages\": {}, \"expected\": {}, \"missing\": {}, \"seq_gaps\": {}, \"out_of_order\": {}, \"malformed\": {}, \"untracked\": {}, \"bytes\": {}, \"seconds\": {:.4}, \"events_per_s\": {:.0}, \"msgs_per_s\": {:.0}, \"mb_per_s\": {:.2}, \"cpu_s\": {:.3}, \"stop\": \"{}\", {}{}}}",
         if batch { "batch" } else { "seed" },
         received,
         messages,
@@ -201,6 +261,15 @@ fn main() {
         if secs > 0.0 { bytes as f64 / secs / 1e6 } else { 0.0 },
         self_cpu_seconds() - cpu0,
         stop_reason,
-        hist_json("latency", &hist)
+        hist_json("latency", &hist),
+        if exact {
+            format!(
+                ", \"duplicates\": {}, \"seen\": [{}]",
+                seqs.duplicates,
+                seqs.ranges().join(", ")
+            )
+        } else {
+            String::new()
+        }
     );
 }
