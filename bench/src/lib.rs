@@ -417,7 +417,9 @@ pub fn hist_json(name: &str, h: &Histogram<u64>) -> String {
 
 /// CPU seconds (user + system, all threads) this process has used so far.
 pub fn self_cpu_seconds() -> f64 {
+    // SAFETY: rusage is plain C data; all zeroes is a valid value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage for the duration of the call.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
     t(ru.ru_utime) + t(ru.ru_stime)

@@ -37,6 +37,7 @@ fn watch(ep: i32, fd: i32, key: u64) {
         events: libc::EPOLLIN as u32,
         u64: key,
     };
+    // SAFETY: `ep` and `fd` are open descriptors of this process; `ev` lives for the call.
     let rc = unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
     assert!(rc == 0, "epoll_ctl");
 }
@@ -49,6 +50,7 @@ fn main() {
     let listener = TcpListener::bind(&listen).expect("bind");
     listener.set_nonblocking(true).expect("nonblocking");
     eprintln!("listening {}", listener.local_addr().expect("addr"));
+    // SAFETY: no pointers; the result is checked.
     let ep = unsafe { libc::epoll_create1(0) };
     assert!(ep >= 0, "epoll_create1");
     watch(ep, listener.as_raw_fd(), LISTENER);
@@ -62,6 +64,7 @@ fn main() {
     ack[..6].copy_from_slice(&[0x81, 0xa3, b'a', b'c', b'k', 0xa0 | CHUNK_LEN as u8]);
     let mut evbuf = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
     while started.elapsed() < max && !(expect > 0 && accepted >= expect && closed >= accepted) {
+        // SAFETY: `evbuf` has room for the `evbuf.len()` events the kernel may write.
         let got = unsafe { libc::epoll_wait(ep, evbuf.as_mut_ptr(), evbuf.len() as i32, 100) };
         for ev in evbuf.iter().take(got.max(0) as usize) {
             let key = ev.u64;
@@ -108,6 +111,7 @@ fn main() {
             };
             if gone {
                 if let Some((s, _)) = conns.remove(&key) {
+                    // SAFETY: removes an open descriptor from our epoll set; DEL takes no event.
                     unsafe {
                         libc::epoll_ctl(
                             ep,
@@ -121,6 +125,7 @@ fn main() {
             }
         }
     }
+    // SAFETY: `ep` is this function's epoll descriptor, closed once, not used after.
     unsafe { libc::close(ep) };
     println!(
         "{{\"tool\": \"fwd-ackref\", \"connections\": {}, \"acks\": {}, \"bytes\": {}, \"cpu_s\": {:.3}}}",

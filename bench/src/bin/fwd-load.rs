@@ -308,6 +308,7 @@ fn run_acked(
     use std::collections::BinaryHeap;
     use std::os::fd::AsRawFd;
     let n = streams.len();
+    // SAFETY: no pointers; the result is checked.
     let ep = unsafe { libc::epoll_create1(0) };
     assert!(ep >= 0, "epoll_create1");
     for (i, s) in streams.iter().enumerate() {
@@ -315,6 +316,7 @@ fn run_acked(
             events: libc::EPOLLIN as u32,
             u64: i as u64,
         };
+        // SAFETY: `ep` and the stream's descriptor are open; `ev` lives for the call.
         let rc = unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, s.as_raw_fd(), &mut ev) };
         assert!(rc == 0, "epoll_ctl");
     }
@@ -373,6 +375,7 @@ fn run_acked(
             }
             None => 100,
         };
+        // SAFETY: `evbuf` has room for the `evbuf.len()` events the kernel may write.
         let got = unsafe {
             libc::epoll_wait(
                 ep,
@@ -419,6 +422,7 @@ fn run_acked(
             due.push(Reverse((next, i)));
         }
     }
+    // SAFETY: `ep` is this function's epoll descriptor, closed once, not used after.
     unsafe { libc::close(ep) };
     let closers: Vec<_> = streams
         .iter_mut()
