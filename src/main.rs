@@ -20,11 +20,40 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// With the C library's allocator (glibc): blocks of 4 MiB and more are mapped when
+/// allocated and unmapped when freed. By default glibc raises that threshold to the
+/// size of a mapped block it frees (up to 32 MiB) and its trim threshold to twice that,
+/// so after large short-lived buffers (gzip bombs being decompressed and refused) it
+/// may keep tens of MB free in its arenas for good: in one soak, RSS went from 18 to 89
+/// MB and stayed there after the load. A fixed threshold turns that off; 4 MiB keeps
+/// the read buffers of large requests (hundreds of KiB) in the arenas, where they are
+/// cheap. BENCHMARKS.md, "Allocators".
+#[cfg(all(
+    target_os = "linux",
+    target_env = "gnu",
+    not(any(feature = "jemalloc", feature = "mimalloc"))
+))]
+fn tune_malloc() {
+    // SAFETY: mallopt only sets a parameter of the C library's allocator; it is called
+    // first thing in main, before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+    }
+}
+
+#[cfg(not(all(
+    target_os = "linux",
+    target_env = "gnu",
+    not(any(feature = "jemalloc", feature = "mimalloc"))
+)))]
+fn tune_malloc() {}
+
 /// Exit status of every failure: a bad flag, variable or file, a port already taken, a
 /// runtime error. 0 is success, and help or version printed.
 const FAILURE: u8 = 1;
 
 fn main() -> ExitCode {
+    tune_malloc();
     let cli = match fwdgate::cli::parse(std::env::args_os()) {
         ParseOutcome::Parsed(cli) => cli,
         ParseOutcome::Clap(e) => {
