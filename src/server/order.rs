@@ -125,7 +125,11 @@ impl View {
         }
         let earlier = (pending < key && key - pending < MAX_WAIT.as_nanos() as u64)
             || (pending == key && pending != NONE && self.id < id);
-        if earlier && (pending_tag == 0 || pending_tag == tag) {
+        // A request whose tag is not known yet may be of this tag, but only while its
+        // bytes are coming in: a client's first write carries the whole tag, so what
+        // still lacks it between reads is a client that trickles (a slowloris), and
+        // waiting for it would hold back every request of its address.
+        if earlier && (pending_tag == tag || (pending_tag == 0 && (reading || unread))) {
             return true;
         }
         if read_through >= key {
@@ -473,10 +477,10 @@ mod tests {
         let id: Arc<str> = "10.0.0.1".into();
         let t = now();
         let (mut early, mut late) = two_of_app(&order, &id).await;
-        // The early request began at 100 and is not handed over yet (its tag is not
-        // known: it may be "app"); the late one (began at 200) must wait for it.
+        // The early request of "app" began at 100 and is not handed over yet; the
+        // late one (began at 200) must wait for it.
         early.reading();
-        early.read(t + 100, Some((t + 100, 0)));
+        early.read(t + 100, Some((t + 100, tag_hash(b"app"))));
         late.reading();
         late.read(t + 200, Some((t + 200, tag_hash(b"app"))));
         let waiting = tokio::spawn(async move {
@@ -516,6 +520,38 @@ mod tests {
             quick.handed_over(None);
         }
         assert_eq!(order.counters.order_waits.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_request_with_no_tag_yet_holds_back_only_while_its_bytes_come() {
+        let order = Arc::new(Order::default());
+        let id: Arc<str> = "10.0.0.1".into();
+        let t = now();
+        let (early, mut late) = two_of_app(&order, &id).await;
+        // The early request's first read lacked its tag, and more of it is being read:
+        // it may be "app", so the late one waits.
+        early.reading();
+        early.read(t + 100, Some((t + 100, 0)));
+        early.reading();
+        late.reading();
+        late.read(t + 200, Some((t + 200, tag_hash(b"app"))));
+        let waiting = tokio::spawn(async move {
+            late.turn(b"app", t + 200).await;
+            late
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        // The read brought no more of it (a client trickling a byte now and then): it
+        // holds nothing back between its reads.
+        early.read_nothing();
+        let late = waiting.await.unwrap();
+        late.handed_over(None);
+        assert_eq!(order.counters.order_waits.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            order.counters.order_wait_timeouts.load(Ordering::Relaxed),
+            0
+        );
+        drop(early);
     }
 
     #[tokio::test]
