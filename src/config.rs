@@ -292,6 +292,19 @@ pub struct OutputConfig {
     pub hold_without_subscribers: bool,
     /// `"block"` (default) or `"drop"`: see [`SlowSubscriber`].
     pub slow_subscriber: SlowSubscriber,
+    /// Per-tenant holds, while somebody is subscribed but not to every tenant: the
+    /// events of a tenant that no subscription covers (its collector away), or whose
+    /// subscribers are full (with `slow_subscriber = "block"`), wait in that tenant's
+    /// hold, in order, and the other tenants go on. This bounds the bytes held (records
+    /// and their bookkeeping); past it the publisher takes nothing new until held events
+    /// go out or expire. Held requests stay in the queue's bytes and the spool until
+    /// published. Default 32 MiB; 0 turns per-tenant holds off (a full subscriber then
+    /// holds every tenant back, and ZeroMQ discards what nobody subscribes to).
+    pub tenant_hold_bytes: usize,
+    /// How long the events of a tenant that no subscription covers are held before they
+    /// are dropped (counted as `no_subscriber`). Events of tenants whose subscribers are
+    /// only full never expire. Default 60000 (one minute).
+    pub tenant_hold_ms: u64,
 }
 
 impl Default for OutputConfig {
@@ -309,6 +322,8 @@ impl Default for OutputConfig {
             when_full: WhenFull::Block,
             hold_without_subscribers: true,
             slow_subscriber: SlowSubscriber::Block,
+            tenant_hold_bytes: 32 << 20,
+            tenant_hold_ms: 60_000,
         }
     }
 }

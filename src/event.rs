@@ -43,6 +43,18 @@ impl RoutedEvents {
     pub fn unpin(&mut self, allocation: usize) {
         unpin(&mut self.data, allocation);
     }
+
+    /// Other events of the same request(s): the same data, tag and client.
+    pub fn with_events(&self, events: Vec<Routed>) -> RoutedEvents {
+        RoutedEvents {
+            data: self.data.clone(),
+            tag: self.tag,
+            peer: self.peer.clone(),
+            peer_host: self.peer_host.clone(),
+            connection: self.connection,
+            events,
+        }
+    }
 }
 
 /// Copies `data` into an allocation of its own when it is a small part of a larger one

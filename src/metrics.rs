@@ -43,6 +43,13 @@ pub struct Counters {
     pub events_dropped_no_subscriber: AtomicU64,
     /// Events over their tenant's rate limit.
     pub events_dropped_rate_limit: AtomicU64,
+    /// Gauges: what tenants' holds keep (bytes as counted by `output.tenant_hold_bytes`,
+    /// events, tenants).
+    pub tenant_hold_bytes: AtomicU64,
+    pub tenant_hold_events: AtomicU64,
+    pub tenant_hold_tenants: AtomicU64,
+    /// Gauge: topics (subscription prefixes) subscribed to at the ZeroMQ socket.
+    pub zmq_subscriptions: AtomicU64,
     pub acks_sent: AtomicU64,
     /// Gauge: requests and bytes waiting in the publisher queue.
     pub queue_requests: AtomicU64,
@@ -317,10 +324,34 @@ pub fn render(c: &Counters, tenants: &TenantCounts, rate_limited: &TenantCounts)
         get(&c.zmq_peers),
     );
     metric(
+        "fwdgate_zmq_subscriptions",
+        "gauge",
+        "Distinct topic prefixes subscribed to at the ZeroMQ socket, by any subscriber or collector.",
+        get(&c.zmq_subscriptions),
+    );
+    metric(
         "fwdgate_zmq_connect_addresses",
         "gauge",
         "Addresses the zmq_connect host names resolve to, connected now.",
         get(&c.zmq_connect_addresses),
+    );
+    metric(
+        "fwdgate_tenant_hold_bytes",
+        "gauge",
+        "Bytes held for tenants that no subscription covers or whose subscribers are full (output.tenant_hold_bytes bounds it).",
+        get(&c.tenant_hold_bytes),
+    );
+    metric(
+        "fwdgate_tenant_hold_events",
+        "gauge",
+        "Events held for tenants that no subscription covers or whose subscribers are full.",
+        get(&c.tenant_hold_events),
+    );
+    metric(
+        "fwdgate_tenant_hold_tenants",
+        "gauge",
+        "Tenants with events held.",
+        get(&c.tenant_hold_tenants),
     );
     metric(
         "fwdgate_intake_memory_bytes",
@@ -450,7 +481,7 @@ mod tests {
         let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
         let helps = text.lines().filter(|l| l.starts_with("# HELP")).count();
         assert_eq!(types, helps);
-        assert_eq!(types, 33);
+        assert_eq!(types, 37);
     }
 
     #[test]

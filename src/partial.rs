@@ -256,14 +256,7 @@ impl<M: Clone> Joiner<M> {
 
 /// The events of `batch` that are not pieces, in a batch of their own.
 fn rest_of(batch: &RoutedEvents, events: Vec<Routed>) -> RoutedEvents {
-    RoutedEvents {
-        data: batch.data.clone(),
-        tag: batch.tag,
-        peer: batch.peer.clone(),
-        peer_host: batch.peer_host.clone(),
-        connection: batch.connection,
-        events,
-    }
+    batch.with_events(events)
 }
 
 /// Builds the joined record — the first piece's record with the joined line, and

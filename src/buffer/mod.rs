@@ -444,6 +444,12 @@ impl Outlet {
         self.finish(mark, true);
     }
 
+    /// The request (or this part of it) is dropped on purpose, counted by the caller;
+    /// once every clone of its mark is handed back, it leaves the buffer.
+    pub fn discard(&mut self, mark: Mark) {
+        self.finish(mark, false);
+    }
+
     fn finish(&mut self, mark: Mark, published: bool) {
         let Some(inner) = Arc::into_inner(mark.0) else {
             return;

@@ -160,6 +160,17 @@ impl Encoder {
         Ok(())
     }
 
+    /// Sends one event as its message, in the `seed` or `json` format (the `batch`
+    /// format goes through [`Encoder::encode_batch`]).
+    pub fn encode_event<S: Sink>(
+        &mut self,
+        batch: &RoutedEvents,
+        ev: &Routed,
+        sink: &mut S,
+    ) -> Result<(), S::Error> {
+        self.encode(batch, ev, sink)
+    }
+
     fn encode<S: Sink>(
         &mut self,
         batch: &RoutedEvents,

@@ -6,8 +6,10 @@ mod endpoints;
 pub mod format;
 mod forward_body;
 mod groups;
+mod hold;
 mod monitor;
 pub mod ratelimit;
+mod subscriptions;
 mod worker;
 
 use crate::buffer::Outlet;
@@ -166,6 +168,18 @@ impl Publisher {
             holding: false,
             limiter: ratelimit::TenantLimiter::new(limits.events_per_second, limits.burst),
             rate_limited: limits.rate_limited,
+            subs: subscriptions::Subscriptions::new(output.topic_suffix.as_bytes()),
+            tenant_hold: (output.tenant_hold_bytes > 0
+                && output.hold_without_subscribers
+                && output.format != Format::Null)
+                .then(|| {
+                    hold::TenantHold::new(
+                        output.tenant_hold_bytes,
+                        Duration::from_millis(output.tenant_hold_ms),
+                    )
+                }),
+            hold_tried: std::time::Instant::now(),
+            tenant_buf: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("fwdgate-publisher".into())

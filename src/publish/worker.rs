@@ -1,11 +1,16 @@
 //! The publisher thread: takes requests' events from the buffer in order and sends them
-//! on the XPUB socket. It reads the socket's subscription messages to know whether
-//! anybody is subscribed, holds publications while nobody is (the buffer behind it
-//! fills, then spills to the spool or holds intake back), joins Docker's split lines
-//! when asked to, and applies the `drop_oldest` policy while it is stalled.
+//! on the XPUB socket. It reads the socket's subscription messages to know who is
+//! subscribed to what. While nobody is subscribed at all it takes nothing (the buffer
+//! behind it fills, then spills to the spool or holds intake back); while some are, the
+//! events of a tenant that no subscription covers, or whose subscribers are full, wait
+//! in that tenant's hold ([`super::hold`]) and the other tenants go on. It joins
+//! Docker's split lines when asked to, and applies the `drop_oldest` policy while it is
+//! stalled.
 
 use super::format::{Encoder, Sink};
+use super::hold::TenantHold;
 use super::ratelimit::TenantLimiter;
+use super::subscriptions::Subscriptions;
 use crate::buffer::{Delivery, Mark, Next, Outlet};
 use crate::config::{Format, SlowSubscriber};
 use crate::event::RoutedEvents;
@@ -13,7 +18,7 @@ use crate::metrics::{Counters, TenantCounts};
 use crate::partial::{Joined, Joiner};
 use crate::route::Router;
 use arc_swap::ArcSwap;
-use std::collections::HashSet;
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,6 +41,10 @@ const PARK: Duration = Duration::from_millis(250);
 
 /// How often subscription messages are read while publishing.
 const SUB_CHECK: Duration = Duration::from_millis(10);
+
+/// How often held tenants are tried again while the publisher is busy: a subscriber
+/// that was full may have room, one that was away may be back.
+const HOLD_RETRY: Duration = Duration::from_millis(5);
 
 pub struct Worker {
     pub ctx: zmq::Context,
@@ -63,32 +72,15 @@ pub struct Worker {
     /// per-tenant count of what it dropped.
     pub limiter: Option<TenantLimiter>,
     pub rate_limited: Arc<TenantCounts>,
-}
-
-/// Topics with at least one subscriber. XPUB (not verbose) reports a topic when its
-/// first subscriber arrives and its removal when the last one leaves or disconnects.
-#[derive(Default)]
-struct Subscriptions(HashSet<Vec<u8>>);
-
-impl Subscriptions {
-    /// Reads every pending subscription message without blocking.
-    fn update(&mut self, socket: &zmq::Socket) {
-        while let Ok(msg) = socket.recv_bytes(zmq::DONTWAIT) {
-            match msg.split_first() {
-                Some((1, topic)) => {
-                    self.0.insert(topic.to_vec());
-                }
-                Some((0, topic)) => {
-                    self.0.remove(topic);
-                }
-                _ => {}
-            }
-        }
-    }
-
-    fn any(&self) -> bool {
-        !self.0.is_empty()
-    }
+    /// Who is subscribed to what, as last read from the socket.
+    pub subs: Subscriptions,
+    /// Per-tenant holds (`output.tenant_hold_bytes` above 0, publications held without
+    /// subscribers, a format that publishes).
+    pub tenant_hold: Option<TenantHold>,
+    /// When held tenants were last tried.
+    pub hold_tried: Instant,
+    /// A reused buffer for the tenant of the run being published.
+    pub tenant_buf: Vec<u8>,
 }
 
 /// What the worker does next.
@@ -102,7 +94,6 @@ enum Step {
 
 impl Worker {
     pub fn run(mut self) {
-        let mut subs = Subscriptions::default();
         let hold = self.hold_without_subscribers && self.encoder.format() != Format::Null;
         let mut held: Option<Delivery> = None;
         let mut checked = Instant::now();
@@ -111,6 +102,13 @@ impl Worker {
             self.outlet.maintain();
             self.dialer.apply(&self.socket);
             self.take_reload();
+            if self.tenant_hold.as_ref().is_some_and(TenantHold::is_full) {
+                // Past the holds' byte bound nothing new is taken until some goes out.
+                self.wait_for_hold_room();
+                if !self.outlet.intake_closed() {
+                    continue;
+                }
+            }
             let delivery = match held.take() {
                 Some(d) => d,
                 None => match self.next(&mut naps) {
@@ -120,7 +118,11 @@ impl Worker {
                         continue;
                     }
                     Step::Idle => {
+                        // Subscriptions are read while idle too, so that what the
+                        // metrics say of them stays current.
+                        self.read_subscriptions();
                         self.expire_lines();
+                        self.serve_holds(true);
                         continue;
                     }
                     Step::Stop => break,
@@ -129,12 +131,12 @@ impl Worker {
             // Reading subscription messages costs a system call: do it at most every
             // SUB_CHECK while subscribers are known to be there (a subscriber that left
             // within that time may miss what is published meanwhile).
-            if !subs.any() || checked.elapsed() >= SUB_CHECK {
-                subs.update(&self.socket);
+            if !self.subs.any() || checked.elapsed() >= SUB_CHECK {
+                self.read_subscriptions();
                 checked = Instant::now();
             }
-            if hold && !subs.any() {
-                match self.wait_for_subscriber(&mut subs, delivery) {
+            if hold && !self.subs.any() {
+                match self.wait_for_subscriber(delivery) {
                     Waited::Ready(d) => held = Some(d),
                     // The held request was dropped to make room; take the next one.
                     Waited::DroppedOldest => {}
@@ -145,14 +147,16 @@ impl Worker {
                 }
                 continue;
             }
+            self.serve_holds(false);
             self.deliver(delivery);
         }
         // What split lines are still held is published as far as it got.
-        if hold && !subs.any() {
+        if hold && !self.subs.any() {
             self.finish_lines_unpublished();
         } else {
             self.finish_lines(None);
         }
+        self.finish_holds();
         // Closing waits up to the linger time for queued messages to reach subscribers;
         // after that, what was published needs no replay.
         drop(self.socket);
@@ -177,7 +181,13 @@ impl Worker {
                     .as_ref()
                     .and_then(|(j, _)| j.next_deadline())
                     .map(|d| d.saturating_duration_since(Instant::now()));
-                Some(deadline.map_or(PARK, |d| d.min(PARK)))
+                // Held tenants are tried again at least every TICK_MS while idle.
+                let park = if self.tenant_hold.as_ref().is_some_and(|h| !h.is_empty()) {
+                    Duration::from_millis(TICK_MS as u64)
+                } else {
+                    PARK
+                };
+                Some(deadline.map_or(park, |d| d.min(park)))
             };
             match self.outlet.next(wait) {
                 Next::Delivery(d) => {
@@ -251,7 +261,7 @@ impl Worker {
     /// Waits until something subscribes, dropping the oldest held requests meanwhile
     /// if the policy is `drop_oldest` and intake waits for room. After intake has
     /// closed (shutdown) it waits at most `linger`, and not at all with a spool.
-    fn wait_for_subscriber(&mut self, subs: &mut Subscriptions, delivery: Delivery) -> Waited {
+    fn wait_for_subscriber(&mut self, delivery: Delivery) -> Waited {
         if !self.holding {
             self.holding = true;
             tracing::info!("nobody is subscribed: holding publications until a subscriber arrives");
@@ -269,9 +279,9 @@ impl Worker {
                 return Waited::DroppedOldest;
             }
             if self.socket.poll(zmq::POLLIN, TICK_MS).unwrap_or(0) > 0 {
-                subs.update(&self.socket);
+                self.read_subscriptions();
             }
-            if subs.any() {
+            if self.subs.any() {
                 self.holding = false;
                 tracing::info!("a subscriber arrived: publishing what was held");
                 return Waited::Ready(delivery);
@@ -330,7 +340,7 @@ impl Worker {
         let Delivery { events, mark } = delivery;
         match &mut self.joiner {
             None => {
-                self.publish(events);
+                self.publish(events, std::slice::from_ref(&mark));
                 self.outlet.release(mark);
             }
             Some((joiner, router)) => {
@@ -343,7 +353,7 @@ impl Worker {
     fn publish_joined(&mut self, joined: Vec<Joined<Mark>>) {
         for Joined { events, marks } in joined {
             if !events.events.is_empty() {
-                self.publish(events);
+                self.publish(events, &marks);
             }
             for mark in marks {
                 self.outlet.release(mark);
@@ -392,9 +402,15 @@ impl Worker {
             .sum()
     }
 
-    fn publish(&mut self, mut batch: RoutedEvents) {
+    /// Publishes a batch, or holds its events per tenant when per-tenant holds are on.
+    /// `marks` keep the batch's requests buffered: held events keep clones of them.
+    fn publish(&mut self, mut batch: RoutedEvents, marks: &[Mark]) {
         if self.limiter.is_some() {
             self.apply_rate_limit(&mut batch);
+        }
+        if self.tenant_hold.is_some() {
+            self.publish_per_tenant(batch, marks);
+            return;
         }
         let sent = if self.encoder.format() == Format::Null {
             &self.counters.events_discarded
@@ -406,6 +422,8 @@ impl Worker {
             block: self.slow_subscriber == SlowSubscriber::Block,
             in_message: false,
             outlet: &mut self.outlet,
+            stall: Stall::Never,
+            messages: 0,
         };
         match self.encoder.encode_batch(&batch, &mut sink) {
             Ok(n) => {
@@ -419,6 +437,275 @@ impl Worker {
                 tracing::error!(error = %e, events = batch.events.len(), "ZeroMQ send failed; batch dropped");
             }
         }
+    }
+
+    /// Publishes each tenant's run of the batch, or holds it: all of it when the tenant
+    /// already has events held or no subscription covers it, the rest of it from the
+    /// event its subscribers had no room for.
+    fn publish_per_tenant(&mut self, batch: RoutedEvents, marks: &[Mark]) {
+        let mut tenant = std::mem::take(&mut self.tenant_buf);
+        let now = Instant::now();
+        let mut held = false;
+        let mut start = 0;
+        while start < batch.events.len() {
+            tenant.clear();
+            tenant.extend_from_slice(self.encoder.tenant_of(&batch, &batch.events[start]));
+            let mut end = start + 1;
+            while end < batch.events.len()
+                && crate::route::same_bytes(
+                    self.encoder.tenant_of(&batch, &batch.events[end]),
+                    &tenant,
+                )
+            {
+                end += 1;
+            }
+            let waiting = self.tenant_hold.as_ref().is_some_and(|h| h.holds(&tenant))
+                || !self.subs.covers(&tenant);
+            let sent = if waiting {
+                0
+            } else {
+                self.send_events(&batch, start..end, &tenant)
+            };
+            if start + sent < end {
+                let rest = batch.with_events(batch.events[start + sent..end].to_vec());
+                if let Some(hold) = self.tenant_hold.as_mut() {
+                    hold.push(&tenant, rest, marks.to_vec(), now);
+                    held = true;
+                }
+            }
+            start = end;
+        }
+        self.tenant_buf = tenant;
+        if held {
+            self.hold_gauges();
+        }
+    }
+
+    /// Sends the events of `range` (all of `tenant`) until its subscribers have no
+    /// room; returns how many are done with: sent, or dropped on a ZeroMQ error
+    /// (counted). The rest is for the tenant's hold.
+    fn send_events(&mut self, batch: &RoutedEvents, range: Range<usize>, tenant: &[u8]) -> usize {
+        let mut sink = ZmqSink {
+            socket: &self.socket,
+            block: self.slow_subscriber == SlowSubscriber::Block,
+            in_message: false,
+            outlet: &mut self.outlet,
+            stall: Stall::Always,
+            messages: 0,
+        };
+        let total = range.len();
+        let (sent, failed) = if self.encoder.format() == Format::Batch {
+            // A batch message holds many events: only its first message may find the
+            // subscribers full; once one went in, the rest wait for room as before.
+            sink.stall = Stall::FirstMessage;
+            let part;
+            let events = if total == batch.events.len() {
+                batch
+            } else {
+                part = batch.with_events(batch.events[range].to_vec());
+                &part
+            };
+            match self.encoder.encode_batch(events, &mut sink) {
+                Ok(_) => (total, None),
+                Err(SinkError::Stalled) => (0, None),
+                Err(SinkError::Zmq(e)) => (0, Some(e)),
+            }
+        } else {
+            let mut sent = 0;
+            let mut failed = None;
+            for ev in &batch.events[range] {
+                match self.encoder.encode_event(batch, ev, &mut sink) {
+                    Ok(()) => sent += 1,
+                    Err(SinkError::Stalled) => break,
+                    Err(SinkError::Zmq(e)) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            (sent, failed)
+        };
+        if sent > 0 {
+            self.counters
+                .events_published
+                .fetch_add(sent as u64, Ordering::Relaxed);
+            self.tenants.add_runs([(tenant, sent as u64)]);
+        }
+        match failed {
+            None => sent,
+            Some(e) => {
+                let lost = total - sent;
+                self.counters
+                    .events_dropped
+                    .fetch_add(lost as u64, Ordering::Relaxed);
+                tracing::error!(error = %e, events = lost, "ZeroMQ send failed; events dropped");
+                total
+            }
+        }
+    }
+
+    /// Sends what held tenants have waiting, for those a subscription covers again and
+    /// whose subscribers have room, and drops what waited past `output.tenant_hold_ms`
+    /// with nobody subscribed. At most every [`HOLD_RETRY`] unless `force`.
+    fn serve_holds(&mut self, force: bool) {
+        let tenants = match &self.tenant_hold {
+            Some(hold) if !hold.is_empty() => hold.tenants(),
+            _ => return,
+        };
+        if !force && self.hold_tried.elapsed() < HOLD_RETRY {
+            return;
+        }
+        self.read_subscriptions();
+        let now = Instant::now();
+        self.hold_tried = now;
+        for tenant in tenants {
+            if !self.subs.covers(&tenant) {
+                continue;
+            }
+            while let Some((piece, since)) = self.tenant_hold.as_mut().and_then(|h| h.pop(&tenant))
+            {
+                let n = piece.len();
+                let sent = self.send_events(&piece.events, 0..n, &tenant);
+                if sent < n {
+                    let rest = piece
+                        .events
+                        .with_events(piece.events.events[sent..].to_vec());
+                    if let Some(hold) = self.tenant_hold.as_mut() {
+                        hold.put_back(&tenant, rest, piece.marks, since);
+                    }
+                    break;
+                }
+                for mark in piece.marks {
+                    self.outlet.release(mark);
+                }
+            }
+        }
+        self.expire_holds(now);
+        self.hold_gauges();
+    }
+
+    /// Drops the held events of tenants nobody has been subscribed to for
+    /// `output.tenant_hold_ms`, counted, one log line per tenant.
+    fn expire_holds(&mut self, now: Instant) {
+        let Some(hold) = self.tenant_hold.as_mut() else {
+            return;
+        };
+        let subs = &mut self.subs;
+        let gone = hold.expired(now, &mut |t| subs.covers(t));
+        let mut per_tenant: Vec<(Box<[u8]>, u64)> = Vec::new();
+        for (tenant, piece) in gone {
+            let n = piece.len() as u64;
+            match per_tenant.last_mut() {
+                Some((t, c)) if *t == tenant => *c += n,
+                _ => per_tenant.push((tenant, n)),
+            }
+            for mark in piece.marks {
+                self.outlet.discard(mark);
+            }
+        }
+        for (tenant, n) in per_tenant {
+            self.counters
+                .events_dropped_no_subscriber
+                .fetch_add(n, Ordering::Relaxed);
+            tracing::warn!(
+                tenant = %String::from_utf8_lossy(&tenant),
+                events = n,
+                "no subscription for this tenant within output.tenant_hold_ms: its held events are dropped"
+            );
+        }
+    }
+
+    /// Past the holds' byte bound: takes nothing new from the buffer until held events
+    /// go out or expire (or intake closes). Meanwhile `drop_oldest` still makes room.
+    fn wait_for_hold_room(&mut self) {
+        tracing::warn!("tenant holds are full (output.tenant_hold_bytes): publishing nothing new until held events go out");
+        loop {
+            self.outlet.maintain();
+            self.dialer.apply(&self.socket);
+            self.take_reload();
+            while self.outlet.must_drop() {
+                let Next::Delivery(oldest) = self.outlet.next(None) else {
+                    break;
+                };
+                self.outlet.drop_oldest(oldest);
+            }
+            if self.socket.poll(zmq::POLLIN, TICK_MS).unwrap_or(0) > 0 {
+                self.read_subscriptions();
+            }
+            self.serve_holds(true);
+            let full = self.tenant_hold.as_ref().is_some_and(TenantHold::is_full);
+            if !full || self.outlet.intake_closed() {
+                return;
+            }
+        }
+    }
+
+    /// At the end: what tenants still have held. Without a spool it gets up to the
+    /// linger time to go out, and what is left is dropped, counted; with one, it stays
+    /// in the spool for the next start.
+    fn finish_holds(&mut self) {
+        let durable = self.outlet.is_durable();
+        let until = Instant::now() + if durable { Duration::ZERO } else { self.linger };
+        while self.tenant_hold.as_ref().is_some_and(|h| !h.is_empty()) && Instant::now() < until {
+            if self.socket.poll(zmq::POLLIN, TICK_MS).unwrap_or(0) > 0 {
+                self.read_subscriptions();
+            }
+            self.serve_holds(true);
+        }
+        let Some(hold) = self.tenant_hold.as_mut() else {
+            return;
+        };
+        let left = hold.take_all();
+        if left.is_empty() {
+            return;
+        }
+        let tenants = left.len();
+        let events: u64 = left.iter().map(|(_, p)| p.len() as u64).sum();
+        if durable {
+            // Marks let go without release keep their requests in the spool.
+            drop(left);
+            tracing::warn!(
+                events,
+                tenants,
+                "shutting down: held events stay in the spool for the next start"
+            );
+        } else {
+            for (_, piece) in left {
+                for mark in piece.marks {
+                    self.outlet.discard(mark);
+                }
+            }
+            self.counters
+                .events_dropped_no_subscriber
+                .fetch_add(events, Ordering::Relaxed);
+            tracing::warn!(
+                events,
+                "shutting down: held events of tenants nobody is subscribed to are dropped"
+            );
+        }
+        self.hold_gauges();
+    }
+
+    /// Reads the subscription messages that came, and counts the topics subscribed.
+    fn read_subscriptions(&mut self) {
+        if self.subs.update(&self.socket) {
+            self.counters
+                .zmq_subscriptions
+                .store(self.subs.topic_count() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Updates the holds' gauges.
+    fn hold_gauges(&self) {
+        let Some(hold) = &self.tenant_hold else {
+            return;
+        };
+        let (bytes, events, tenants) = hold.totals();
+        let c = &self.counters;
+        c.tenant_hold_bytes.store(bytes as u64, Ordering::Relaxed);
+        c.tenant_hold_events.store(events as u64, Ordering::Relaxed);
+        c.tenant_hold_tenants
+            .store(tenants as u64, Ordering::Relaxed);
     }
 
     /// Drops the events over their tenant's rate, counting them per tenant.
@@ -480,15 +767,39 @@ fn tenant_runs<'a>(encoder: &'a Encoder, batch: &'a RoutedEvents) -> Vec<(&'a [u
 /// Frames straight onto the socket. Without `block`, a subscriber past its high-water
 /// mark misses the message (libzmq drops it for that subscriber alone). With `block`
 /// (ZMQ_XPUB_NODROP), a full subscriber makes the first frame of a message fail with
-/// EAGAIN; the sink waits for room and sends it again. (libzmq checks the high-water
-/// mark per frame, but counts only whole messages, so once the first frame of a
-/// message is in, the rest go in too.)
+/// EAGAIN: under [`Stall`] the sink reports that, so the message's tenant is held;
+/// otherwise it waits for room and sends it again. (libzmq checks the high-water mark
+/// per frame, but counts only whole messages, so once the first frame of a message is
+/// in, the rest go in too.)
 struct ZmqSink<'a> {
     socket: &'a zmq::Socket,
     block: bool,
     /// True between the first and the last frame of a message.
     in_message: bool,
     outlet: &'a mut Outlet,
+    stall: Stall,
+    /// Messages sent whole.
+    messages: usize,
+}
+
+/// When a full subscriber stops the sink rather than making it wait.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stall {
+    Never,
+    /// Only at the first message (a batch message of many events: what follows it in
+    /// the same batch waits for room).
+    FirstMessage,
+    Always,
+}
+
+/// Why the sink did not take a frame.
+#[derive(Debug, thiserror::Error)]
+enum SinkError {
+    #[error(transparent)]
+    Zmq(#[from] zmq::Error),
+    /// The message's subscribers are full; nothing of the message was sent.
+    #[error("subscribers full")]
+    Stalled,
 }
 
 impl ZmqSink<'_> {
@@ -504,23 +815,43 @@ impl ZmqSink<'_> {
             self.outlet.drop_oldest(oldest);
         }
     }
+
+    fn may_stall(&self) -> bool {
+        match self.stall {
+            Stall::Never => false,
+            Stall::FirstMessage => self.messages == 0,
+            Stall::Always => true,
+        }
+    }
 }
 
 impl Sink for ZmqSink<'_> {
-    type Error = zmq::Error;
+    type Error = SinkError;
 
-    fn frame(&mut self, bytes: &[u8], more: bool) -> Result<(), zmq::Error> {
+    fn frame(&mut self, bytes: &[u8], more: bool) -> Result<(), SinkError> {
         let flags = if more { zmq::SNDMORE } else { 0 };
         if !self.block || self.in_message {
             self.in_message = more;
-            return self.socket.send(bytes, flags);
+            self.socket.send(bytes, flags)?;
+            if !more {
+                self.messages += 1;
+            }
+            return Ok(());
         }
         loop {
             match self.socket.send(bytes, flags | zmq::DONTWAIT) {
+                Err(zmq::Error::EAGAIN) if self.may_stall() => return Err(SinkError::Stalled),
                 Err(zmq::Error::EAGAIN) => self.wait_for_room(),
-                other => {
-                    self.in_message = more && other.is_ok();
-                    return other;
+                Err(e) => {
+                    self.in_message = false;
+                    return Err(e.into());
+                }
+                Ok(()) => {
+                    self.in_message = more;
+                    if !more {
+                        self.messages += 1;
+                    }
+                    return Ok(());
                 }
             }
         }
@@ -530,10 +861,12 @@ impl Sink for ZmqSink<'_> {
         &mut self,
         len: usize,
         fill: &mut dyn FnMut(&mut [u8]),
-    ) -> Result<(), zmq::Error> {
+    ) -> Result<(), SinkError> {
         let mut msg = zmq::Message::with_size(len);
         fill(&mut msg);
         self.in_message = false;
-        self.socket.send(msg, 0)
+        self.socket.send(msg, 0)?;
+        self.messages += 1;
+        Ok(())
     }
 }
