@@ -198,6 +198,17 @@ pub struct ProxyArgs {
         default_value = "tcp://0.0.0.0:6364"
     )]
     pub xpub_bind: Vec<String>,
+    /// Messages that may wait for one subscriber at the XPUB socket (ZMQ_SNDHWM); past
+    /// it libzmq drops that subscriber's messages. A subscriber stopped for a while gets
+    /// what waited once it reads again, up to this many. libzmq's own default, 1000,
+    /// loses messages in bursts.
+    #[arg(
+        long,
+        env = "FWDGATE_PROXY_SEND_HWM",
+        value_name = "MESSAGES",
+        default_value_t = 100_000
+    )]
+    pub send_hwm: i32,
     /// Address of the HTTP endpoint for /metrics, /healthz and /readyz (off by default).
     #[arg(long, env = "FWDGATE_PROXY_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<String>,

@@ -31,6 +31,7 @@ impl ProxyArgs {
                 .iter()
                 .map(|e| given("xpub_bind", e))
                 .collect(),
+            send_hwm: self.send_hwm,
             metrics_listen: self
                 .metrics_listen
                 .as_ref()

@@ -89,6 +89,7 @@ impl Device {
     pub fn start(
         xsub_bind: &[Given],
         xpub_bind: &[Given],
+        send_hwm: i32,
         observed: Arc<Observed>,
     ) -> Result<Device, ProxyError> {
         let ctx = zmq::Context::new();
@@ -106,6 +107,9 @@ impl Device {
         // last of them: publishers would see two subscribes and one unsubscribe.
         let xpub = ctx.socket(zmq::XPUB).map_err(ProxyError::Socket)?;
         xpub.set_linger(linger).map_err(ProxyError::Socket)?;
+        // What a subscriber that stops reading for a while gets back when it reads
+        // again; the XSUB side needs none: the proxy forwards as fast as it reads.
+        xpub.set_sndhwm(send_hwm).map_err(ProxyError::Socket)?;
         let capture = ctx.socket(zmq::XPUB).map_err(ProxyError::Socket)?;
         capture.set_linger(0).map_err(ProxyError::Socket)?;
         capture
@@ -286,7 +290,8 @@ mod tests {
     #[tokio::test]
     async fn statistics_and_stop_against_libzmq() {
         let observed = Arc::new(Observed::default());
-        let device = Device::start(&loopback(), &loopback(), observed.clone()).expect("started");
+        let device =
+            Device::start(&loopback(), &loopback(), 100_000, observed.clone()).expect("started");
         let ctx = zmq::Context::new();
         let up = ctx.socket(zmq::XPUB).expect("socket");
         up.set_linger(0).expect("linger");

@@ -42,6 +42,8 @@ pub struct Settings {
     pub xsub_bind: Vec<Given>,
     /// Endpoints the XPUB socket binds (subscribers connect there).
     pub xpub_bind: Vec<Given>,
+    /// The XPUB socket's high-water mark, in messages per subscriber.
+    pub send_hwm: i32,
     /// `host:port` of the HTTP endpoint, if any.
     pub metrics_listen: Option<Given>,
 }
@@ -106,7 +108,12 @@ impl Proxy {
             .map(listen_metrics)
             .transpose()?;
         let observed = Arc::new(Observed::default());
-        let device = Device::start(&settings.xsub_bind, &settings.xpub_bind, observed.clone())?;
+        let device = Device::start(
+            &settings.xsub_bind,
+            &settings.xpub_bind,
+            settings.send_hwm,
+            observed.clone(),
+        )?;
         Ok(Proxy {
             device,
             metrics,
