@@ -93,20 +93,7 @@ impl TenantHold {
 
     /// Holds `events` (all of one tenant) behind what the tenant has waiting.
     pub fn push(&mut self, tenant: &[u8], events: RoutedEvents, marks: Vec<Mark>, now: Instant) {
-        let cost = Piece::cost_of(&events);
-        let piece = Piece {
-            events,
-            marks,
-            since: now,
-            cost,
-        };
-        self.add(piece.len(), cost);
-        match self.queues.get_mut(tenant) {
-            Some(q) => q.push_back(piece),
-            None => {
-                self.queues.insert(tenant.into(), VecDeque::from([piece]));
-            }
-        }
+        self.insert(tenant, events, marks, now, false);
     }
 
     /// Puts back, first in its tenant's line, a piece taken with [`TenantHold::pop`]
@@ -119,6 +106,17 @@ impl TenantHold {
         marks: Vec<Mark>,
         since: Instant,
     ) {
+        self.insert(tenant, events, marks, since, true);
+    }
+
+    fn insert(
+        &mut self,
+        tenant: &[u8],
+        events: RoutedEvents,
+        marks: Vec<Mark>,
+        since: Instant,
+        first: bool,
+    ) {
         let cost = Piece::cost_of(&events);
         let piece = Piece {
             events,
@@ -128,7 +126,8 @@ impl TenantHold {
         };
         self.add(piece.len(), cost);
         match self.queues.get_mut(tenant) {
-            Some(q) => q.push_front(piece),
+            Some(q) if first => q.push_front(piece),
+            Some(q) => q.push_back(piece),
             None => {
                 self.queues.insert(tenant.into(), VecDeque::from([piece]));
             }

@@ -180,6 +180,7 @@ impl Publisher {
                 }),
             hold_tried: std::time::Instant::now(),
             tenant_buf: Vec::new(),
+            hold_full_warned: None,
         };
         let thread = std::thread::Builder::new()
             .name("fwdgate-publisher".into())

@@ -46,6 +46,9 @@ const SUB_CHECK: Duration = Duration::from_millis(10);
 /// that was full may have room, one that was away may be back.
 const HOLD_RETRY: Duration = Duration::from_millis(5);
 
+/// How often "tenant holds are full" may be logged.
+const HOLD_FULL_WARNING: Duration = Duration::from_secs(60);
+
 pub struct Worker {
     pub ctx: zmq::Context,
     pub socket: zmq::Socket,
@@ -81,6 +84,8 @@ pub struct Worker {
     pub hold_tried: Instant,
     /// A reused buffer for the tenant of the run being published.
     pub tenant_buf: Vec<u8>,
+    /// When the holds were last said to be full.
+    pub hold_full_warned: Option<Instant>,
 }
 
 /// What the worker does next.
@@ -417,14 +422,8 @@ impl Worker {
         } else {
             &self.counters.events_published
         };
-        let mut sink = ZmqSink {
-            socket: &self.socket,
-            block: self.slow_subscriber == SlowSubscriber::Block,
-            in_message: false,
-            outlet: &mut self.outlet,
-            stall: Stall::Never,
-            messages: 0,
-        };
+        let block = self.slow_subscriber == SlowSubscriber::Block;
+        let mut sink = ZmqSink::new(&self.socket, &mut self.outlet, block, Stall::Never);
         match self.encoder.encode_batch(&batch, &mut sink) {
             Ok(n) => {
                 sent.fetch_add(n, Ordering::Relaxed);
@@ -485,14 +484,8 @@ impl Worker {
     /// room; returns how many are done with: sent, or dropped on a ZeroMQ error
     /// (counted). The rest is for the tenant's hold.
     fn send_events(&mut self, batch: &RoutedEvents, range: Range<usize>, tenant: &[u8]) -> usize {
-        let mut sink = ZmqSink {
-            socket: &self.socket,
-            block: self.slow_subscriber == SlowSubscriber::Block,
-            in_message: false,
-            outlet: &mut self.outlet,
-            stall: Stall::Always,
-            messages: 0,
-        };
+        let block = self.slow_subscriber == SlowSubscriber::Block;
+        let mut sink = ZmqSink::new(&self.socket, &mut self.outlet, block, Stall::Always);
         let total = range.len();
         let (sent, failed) = if self.encoder.format() == Format::Batch {
             // A batch message holds many events: only its first message may find the
@@ -548,13 +541,16 @@ impl Worker {
     /// whose subscribers have room, and drops what waited past `output.tenant_hold_ms`
     /// with nobody subscribed. At most every [`HOLD_RETRY`] unless `force`.
     fn serve_holds(&mut self, force: bool) {
-        let tenants = match &self.tenant_hold {
-            Some(hold) if !hold.is_empty() => hold.tenants(),
-            _ => return,
-        };
-        if !force && self.hold_tried.elapsed() < HOLD_RETRY {
+        if self.tenant_hold.as_ref().is_none_or(|h| h.is_empty())
+            || (!force && self.hold_tried.elapsed() < HOLD_RETRY)
+        {
             return;
         }
+        let tenants = self
+            .tenant_hold
+            .as_ref()
+            .map(TenantHold::tenants)
+            .unwrap_or_default();
         self.read_subscriptions();
         let now = Instant::now();
         self.hold_tried = now;
@@ -618,7 +614,14 @@ impl Worker {
     /// Past the holds' byte bound: takes nothing new from the buffer until held events
     /// go out or expire (or intake closes). Meanwhile `drop_oldest` still makes room.
     fn wait_for_hold_room(&mut self) {
-        tracing::warn!("tenant holds are full (output.tenant_hold_bytes): publishing nothing new until held events go out");
+        // Once a minute at most: holds that hover at their bound fill again and again.
+        if self
+            .hold_full_warned
+            .is_none_or(|at| at.elapsed() >= HOLD_FULL_WARNING)
+        {
+            self.hold_full_warned = Some(Instant::now());
+            tracing::warn!("tenant holds are full (output.tenant_hold_bytes): publishing nothing new until held events go out");
+        }
         loop {
             self.outlet.maintain();
             self.dialer.apply(&self.socket);
@@ -802,7 +805,18 @@ enum SinkError {
     Stalled,
 }
 
-impl ZmqSink<'_> {
+impl<'a> ZmqSink<'a> {
+    fn new(socket: &'a zmq::Socket, outlet: &'a mut Outlet, block: bool, stall: Stall) -> Self {
+        ZmqSink {
+            socket,
+            block,
+            in_message: false,
+            outlet,
+            stall,
+            messages: 0,
+        }
+    }
+
     /// Waits for the socket to take a message; meanwhile, under `drop_oldest`, drops
     /// held requests while intake waits for room.
     fn wait_for_room(&mut self) {

@@ -28,8 +28,8 @@ import pytest
 import peers
 from resend import ResendingClient
 from test_golang import go_client  # noqa: F401  (session fixture: tests/go/client.go, built)
-from test_intake_haproxy import ADDRESSES, SERVERS, HAProxy, haproxy_config, port_free_on_all
-from test_metrics import get, wait_for
+from test_intake_haproxy import ADDRESSES, SERVERS, Fleet
+from test_metrics import wait_for
 from test_proxy import Proxy
 from test_resolve import NAME, Hosts
 from test_tenant_hold import CollectorProc, PaddedClient, key
@@ -42,8 +42,10 @@ C_ADDRESS = "127.0.0.5"
 STOP_S = 10
 
 
-class FleetOf3:
-    """The proxy, three gateways, HAProxy; the collectors are the test's."""
+class FleetOf3(Fleet):
+    """The HAProxy fleet of test_intake_haproxy, its gateways publishing to the proxy
+    and to the collectors' name instead of one collector; the collectors are the
+    test's."""
 
     def __init__(self, start_gateway, tmp_path, c_port):
         self.start_gateway = start_gateway
@@ -52,17 +54,7 @@ class FleetOf3:
         self.haproxy = None
         self.proxy = Proxy(cwd=str(tmp_path)).start()
         try:
-            self.forward_port = port_free_on_all(ADDRESSES)
-            self.metrics_port = port_free_on_all(ADDRESSES)
-            while self.metrics_port == self.forward_port:
-                self.metrics_port = port_free_on_all(ADDRESSES)
-            self.gateways = [self.start(k) for k in range(len(ADDRESSES))]
-            self.port = peers.free_port()
-            stats_socket = str(tmp_path / "haproxy.sock")
-            config = haproxy_config(tmp_path / "haproxy.cfg", stats_socket, self.port, self.forward_port,
-                                    self.metrics_port)
-            self.haproxy = HAProxy(config, stats_socket, tmp_path / "haproxy.log")
-            self.haproxy.wait_servers({name: "UP" for name in SERVERS}, 30, "every gateway up")
+            self._start_all()
         except BaseException:
             self.close()
             raise
@@ -81,8 +73,7 @@ class FleetOf3:
             listen=False, zmq_bind=False)
 
     def metric(self, k, name) -> int:
-        text = get(self.gateways[k].ready_fields["metrics"], "/metrics")[1]
-        m = re.search(r"^%s (\d+)$" % re.escape(name), text, re.M)
+        m = re.search(r"^%s (\d+)$" % re.escape(name), self.metrics(k), re.M)
         assert m, name
         return int(m.group(1))
 
