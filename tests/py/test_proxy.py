@@ -415,9 +415,10 @@ def test_proxy_help_lists_its_options_and_variables(tmp_path):
     assert p.returncode == 0
     text = p.stdout.decode()
     options = sorted(set(re.findall(r"^\s+(?:-\w, )?(--[\w-]+)", text, re.M)))
-    assert options == sorted(["--xsub-bind", "--xpub-bind", "--metrics-listen", "--log-format", "--log-level",
-                              "--help"])
-    for variable in ("FWDGATE_PROXY_XSUB_BIND", "FWDGATE_PROXY_XPUB_BIND", "FWDGATE_PROXY_METRICS_LISTEN",
-                     "FWDGATE_PROXY_LOG_FORMAT", "FWDGATE_PROXY_LOG_LEVEL"):
+    assert options == sorted(["--xsub-bind", "--xpub-bind", "--send-hwm", "--metrics-listen", "--log-format",
+                              "--log-level", "--help"])
+    for variable in ("FWDGATE_PROXY_XSUB_BIND", "FWDGATE_PROXY_XPUB_BIND", "FWDGATE_PROXY_SEND_HWM",
+                     "FWDGATE_PROXY_METRICS_LISTEN", "FWDGATE_PROXY_LOG_FORMAT", "FWDGATE_PROXY_LOG_LEVEL"):
         assert "[env: %s=" % variable in text, variable
     assert "[default: tcp://0.0.0.0:6363]" in text and "[default: tcp://0.0.0.0:6364]" in text
+    assert "[default: 100000]" in text
