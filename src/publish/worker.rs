@@ -442,6 +442,11 @@ impl Worker {
     /// already has events held or no subscription covers it, the rest of it from the
     /// event its subscribers had no room for.
     fn publish_per_tenant(&mut self, batch: RoutedEvents, marks: &[Mark]) {
+        let batch = if self.encoder.format() == Format::Batch {
+            grouped_by_tenant(&self.encoder, batch)
+        } else {
+            batch
+        };
         let mut tenant = std::mem::take(&mut self.tenant_buf);
         let now = Instant::now();
         let mut held = false;
@@ -745,6 +750,34 @@ enum Waited {
     Ready(Delivery),
     DroppedOldest,
     GaveUp(Delivery),
+}
+
+/// The batch with each tenant's events together, tenants in the order they first
+/// appear, events in their order within a tenant: the `batch` format sends one message
+/// per tenant and service of a request, and the runs of one tenant are what is sent or
+/// held as one. A batch of one tenant (the usual case) is returned as it is.
+fn grouped_by_tenant(encoder: &Encoder, batch: RoutedEvents) -> RoutedEvents {
+    let mut firsts: Vec<&[u8]> = Vec::new();
+    let mut ranks = Vec::with_capacity(batch.events.len());
+    let mut index: std::collections::HashMap<&[u8], usize> = std::collections::HashMap::new();
+    for ev in &batch.events {
+        let tenant = encoder.tenant_of(&batch, ev);
+        let rank = match firsts.last() {
+            Some(last) if crate::route::same_bytes(last, tenant) => firsts.len() - 1,
+            _ => *index.entry(tenant).or_insert_with(|| {
+                firsts.push(tenant);
+                firsts.len() - 1
+            }),
+        };
+        ranks.push(rank);
+    }
+    if firsts.len() <= 1 || ranks.windows(2).all(|w| w[0] <= w[1]) {
+        return batch;
+    }
+    let mut order: Vec<usize> = (0..batch.events.len()).collect();
+    order.sort_by_key(|&i| ranks[i]);
+    let events = order.iter().map(|&i| batch.events[i]).collect();
+    batch.with_events(events)
 }
 
 /// Counts a published batch per tenant. Consecutive events of one tenant (the usual
