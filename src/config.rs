@@ -296,10 +296,12 @@ pub struct OutputConfig {
     /// events of a tenant that no subscription covers (its collector away), or whose
     /// subscribers are full (with `slow_subscriber = "block"`), wait in that tenant's
     /// hold, in order, and the other tenants go on. This bounds the bytes held (records
-    /// and their bookkeeping); past it the publisher takes nothing new until held events
-    /// go out or expire. Held requests stay in the queue's bytes and the spool until
-    /// published. Default 32 MiB; 0 turns per-tenant holds off (a full subscriber then
-    /// holds every tenant back, and ZeroMQ discards what nobody subscribes to).
+    /// and their bookkeeping): past it the oldest held events of tenants that no
+    /// subscription covers are dropped (counted as `no_subscriber`); if what is left is
+    /// held for full subscribers, the publisher takes nothing new until some goes out.
+    /// Held requests stay in the queue's bytes and the spool until published. Default
+    /// 32 MiB; 0 turns per-tenant holds off (a full subscriber then holds every tenant
+    /// back, and ZeroMQ discards what nobody subscribes to).
     pub tenant_hold_bytes: usize,
     /// How long the events of a tenant that no subscription covers are held before they
     /// are dropped (counted as `no_subscriber`). Events of tenants whose subscribers are

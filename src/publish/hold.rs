@@ -3,12 +3,17 @@
 //! full (a collector stopped or slow), so that the other tenants keep flowing.
 //!
 //! Two bounds, `output.tenant_hold_bytes` and `output.tenant_hold_ms`:
-//! - When the held events reach the byte bound, the publisher takes nothing new from
-//!   the buffer until some go out or expire: past the bound, one away collector holds
-//!   every tenant back, as a full subscriber did before holds were per tenant.
+//! - When the held events reach the byte bound, the oldest held events of tenants that
+//!   no subscription covers are dropped, counted, until they are below it ([`shed`]):
+//!   nobody listens for them, and a client that sends lines for tenants nobody
+//!   subscribes to must not hold the others back. What is held only because its
+//!   subscribers are full is never dropped: if that alone fills the bound, the
+//!   publisher takes nothing new from the buffer until some goes out, as a full
+//!   subscriber did before holds were per tenant.
 //! - Events of a tenant that no subscription covers are dropped, counted, once they
-//!   have waited the time bound. A tenant whose subscribers are only full is never
-//!   dropped: its collector is there.
+//!   have waited the time bound.
+//!
+//! [`shed`]: TenantHold::shed
 //!
 //! Each held piece keeps the [`Mark`]s of the requests it came from, so the buffer (and
 //! the spool, where a crash leaves them for the next start) keeps those requests until
@@ -27,6 +32,8 @@ pub struct Piece {
     /// When the piece was first held.
     since: Instant,
     cost: usize,
+    /// Its place in the order pieces were first held, across tenants.
+    seq: u64,
 }
 
 /// What a held event costs besides its record: its entry in the event list.
@@ -55,6 +62,13 @@ impl Piece {
 /// The held pieces, per tenant, in the order they came.
 pub struct TenantHold {
     queues: HashMap<Box<[u8]>, VecDeque<Piece>>,
+    /// (tenant, seq) of pieces in the order they were first held, for [`shed`]; entries
+    /// of pieces gone since are skipped when met, and cleared out when they are most.
+    ///
+    /// [`shed`]: TenantHold::shed
+    order: VecDeque<(Box<[u8]>, u64)>,
+    next_seq: u64,
+    pieces: usize,
     bytes: usize,
     events: usize,
     limit_bytes: usize,
@@ -65,6 +79,9 @@ impl TenantHold {
     pub fn new(limit_bytes: usize, max_age: Duration) -> TenantHold {
         TenantHold {
             queues: HashMap::new(),
+            order: VecDeque::new(),
+            next_seq: 0,
+            pieces: 0,
             bytes: 0,
             events: 0,
             limit_bytes,
@@ -93,20 +110,19 @@ impl TenantHold {
 
     /// Holds `events` (all of one tenant) behind what the tenant has waiting.
     pub fn push(&mut self, tenant: &[u8], events: RoutedEvents, marks: Vec<Mark>, now: Instant) {
-        self.insert(tenant, events, marks, now, false);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if self.order.len() > 2 * self.pieces + 64 {
+            self.compact_order();
+        }
+        self.order.push_back((tenant.into(), seq));
+        self.insert(tenant, events, marks, (now, seq), false);
     }
 
     /// Puts back, first in its tenant's line, a piece taken with [`TenantHold::pop`]
-    /// (or what is left of it) that could not go out. It keeps the time it was first
-    /// held.
-    pub fn put_back(
-        &mut self,
-        tenant: &[u8],
-        events: RoutedEvents,
-        marks: Vec<Mark>,
-        since: Instant,
-    ) {
-        self.insert(tenant, events, marks, since, true);
+    /// (or what is left of it) that could not go out. It keeps its age and its place.
+    pub fn put_back(&mut self, tenant: &[u8], events: RoutedEvents, marks: Vec<Mark>, held: Held) {
+        self.insert(tenant, events, marks, (held.since, held.seq), true);
     }
 
     fn insert(
@@ -114,7 +130,7 @@ impl TenantHold {
         tenant: &[u8],
         events: RoutedEvents,
         marks: Vec<Mark>,
-        since: Instant,
+        (since, seq): (Instant, u64),
         first: bool,
     ) {
         let cost = Piece::cost_of(&events);
@@ -123,6 +139,7 @@ impl TenantHold {
             marks,
             since,
             cost,
+            seq,
         };
         self.add(piece.len(), cost);
         match self.queues.get_mut(tenant) {
@@ -134,21 +151,71 @@ impl TenantHold {
         }
     }
 
+    /// Drops entries of `order` whose pieces are gone.
+    fn compact_order(&mut self) {
+        let queues = &self.queues;
+        self.order.retain(|(tenant, seq)| {
+            queues
+                .get(tenant)
+                .is_some_and(|q| q.iter().any(|p| p.seq == *seq))
+        });
+    }
+
+    /// Past the byte bound: takes the oldest pieces of tenants for which `covered` says
+    /// no subscription exists, until the held events are below the bound or none such
+    /// is left. Within a tenant, oldest first.
+    pub fn shed(&mut self, covered: &mut dyn FnMut(&[u8]) -> bool) -> Vec<(Box<[u8]>, Piece)> {
+        let mut out = Vec::new();
+        let mut skipped = Vec::new();
+        while self.is_full() {
+            let Some((tenant, seq)) = self.order.pop_front() else {
+                break;
+            };
+            let Some(q) = self.queues.get_mut(&tenant) else {
+                continue; // gone
+            };
+            match q.front() {
+                Some(front) if front.seq <= seq => {}
+                _ => continue, // this piece went out already
+            }
+            if covered(&tenant) {
+                // Held for full subscribers: kept, and kept in the order.
+                skipped.push((tenant, seq));
+                continue;
+            }
+            if let Some(piece) = q.pop_front() {
+                if q.is_empty() {
+                    self.queues.remove(&tenant);
+                }
+                self.sub(piece.len(), piece.cost);
+                out.push((tenant, piece));
+            }
+        }
+        for entry in skipped.into_iter().rev() {
+            self.order.push_front(entry);
+        }
+        out
+    }
+
     /// The tenants with events waiting.
     pub fn tenants(&self) -> Vec<Box<[u8]>> {
         self.queues.keys().cloned().collect()
     }
 
-    /// Takes the tenant's oldest piece, and when it was first held.
-    pub fn pop(&mut self, tenant: &[u8]) -> Option<(Piece, Instant)> {
+    /// Takes the tenant's oldest piece, and what [`TenantHold::put_back`] needs to give
+    /// it back its age and place.
+    pub fn pop(&mut self, tenant: &[u8]) -> Option<(Piece, Held)> {
         let q = self.queues.get_mut(tenant)?;
         let piece = q.pop_front()?;
         if q.is_empty() {
             self.queues.remove(tenant);
         }
         self.sub(piece.len(), piece.cost);
-        let since = piece.since;
-        Some((piece, since))
+        let held = Held {
+            since: piece.since,
+            seq: piece.seq,
+        };
+        Some((piece, held))
     }
 
     /// Takes every piece that has waited the time bound, of the tenants for which
@@ -194,20 +261,32 @@ impl TenantHold {
         for (tenant, q) in self.queues.drain() {
             out.extend(q.into_iter().map(|p| (tenant.clone(), p)));
         }
+        self.order.clear();
+        self.pieces = 0;
         self.bytes = 0;
         self.events = 0;
         out
     }
 
     fn add(&mut self, events: usize, cost: usize) {
+        self.pieces += 1;
         self.bytes += cost;
         self.events += events;
     }
 
     fn sub(&mut self, events: usize, cost: usize) {
+        self.pieces = self.pieces.saturating_sub(1);
         self.bytes = self.bytes.saturating_sub(cost);
         self.events = self.events.saturating_sub(events);
     }
+}
+
+/// What a piece taken out keeps when it is put back: when it was first held, and its
+/// place in the order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    since: Instant,
+    seq: u64,
 }
 
 #[cfg(test)]
@@ -272,6 +351,57 @@ mod tests {
         assert!(hold.is_full());
         let _ = hold.pop(b"a");
         assert!(!hold.is_full());
+    }
+
+    #[test]
+    fn past_the_bound_the_oldest_uncovered_pieces_go() {
+        let one = Piece::cost_of(&piece_of(10));
+        let mut hold = TenantHold::new(3 * one, Duration::from_secs(60));
+        let now = Instant::now();
+        hold.push(b"full", piece_of(10), vec![], now); // covered: its subscriber is full
+        hold.push(b"away", piece_of(10), vec![], now);
+        hold.push(b"gone", piece_of(10), vec![], now);
+        hold.push(b"away", piece_of(10), vec![], now);
+        assert!(hold.is_full());
+        let mut covered = |t: &[u8]| t == b"full";
+        let shed = hold.shed(&mut covered);
+        let names: Vec<&[u8]> = shed.iter().map(|(t, _)| &t[..]).collect();
+        assert_eq!(
+            names,
+            [&b"away"[..], b"gone"],
+            "oldest first, until below the bound"
+        );
+        assert!(!hold.is_full());
+        assert!(hold.holds(b"full") && hold.holds(b"away") && !hold.holds(b"gone"));
+        // Only covered pieces left past the bound: nothing is shed.
+        hold.push(b"full", piece_of(10), vec![], now);
+        hold.push(b"full", piece_of(10), vec![], now);
+        let mut all_covered = |_: &[u8]| true;
+        assert!(hold.shed(&mut all_covered).is_empty());
+        assert!(hold.is_full());
+        // A piece served and put back keeps its place: shed first once uncovered.
+        let (p, held) = hold.pop(b"full").expect("piece");
+        hold.put_back(b"full", p.events, p.marks, held);
+        let mut none_covered = |_: &[u8]| false;
+        let shed = hold.shed(&mut none_covered);
+        assert_eq!(&*shed[0].0, b"full");
+        assert_eq!(shed[0].1.seq, 0, "the first piece held");
+    }
+
+    #[test]
+    fn the_order_does_not_grow_with_pieces_gone() {
+        let mut hold = TenantHold::new(usize::MAX, Duration::from_secs(60));
+        let now = Instant::now();
+        for i in 0..10_000u32 {
+            let tenant = i.to_be_bytes();
+            hold.push(&tenant, piece_of(1), vec![], now);
+            assert!(hold.pop(&tenant).is_some());
+        }
+        assert!(
+            hold.order.len() <= 64 + 1,
+            "{} entries left",
+            hold.order.len()
+        );
     }
 
     #[test]

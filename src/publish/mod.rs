@@ -181,6 +181,7 @@ impl Publisher {
             hold_tried: std::time::Instant::now(),
             tenant_buf: Vec::new(),
             hold_full_warned: None,
+            hold_shed_warned: None,
         };
         let thread = std::thread::Builder::new()
             .name("fwdgate-publisher".into())

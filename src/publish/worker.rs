@@ -84,8 +84,9 @@ pub struct Worker {
     pub hold_tried: Instant,
     /// A reused buffer for the tenant of the run being published.
     pub tenant_buf: Vec<u8>,
-    /// When the holds were last said to be full.
+    /// When the holds were last said to be full, and to shed.
     pub hold_full_warned: Option<Instant>,
+    pub hold_shed_warned: Option<Instant>,
 }
 
 /// What the worker does next.
@@ -108,10 +109,15 @@ impl Worker {
             self.dialer.apply(&self.socket);
             self.take_reload();
             if self.tenant_hold.as_ref().is_some_and(TenantHold::is_full) {
-                // Past the holds' byte bound nothing new is taken until some goes out.
-                self.wait_for_hold_room();
-                if !self.outlet.intake_closed() {
-                    continue;
+                // Past the holds' byte bound: what nobody subscribes to goes first; if
+                // what is left is held for full subscribers, nothing new is taken until
+                // some of it goes out.
+                self.shed_holds();
+                if self.tenant_hold.as_ref().is_some_and(TenantHold::is_full) {
+                    self.wait_for_hold_room();
+                    if !self.outlet.intake_closed() {
+                        continue;
+                    }
                 }
             }
             let delivery = match held.take() {
@@ -563,8 +569,7 @@ impl Worker {
             if !self.subs.covers(&tenant) {
                 continue;
             }
-            while let Some((piece, since)) = self.tenant_hold.as_mut().and_then(|h| h.pop(&tenant))
-            {
+            while let Some((piece, held)) = self.tenant_hold.as_mut().and_then(|h| h.pop(&tenant)) {
                 let n = piece.len();
                 let sent = self.send_events(&piece.events, 0..n, &tenant);
                 if sent < n {
@@ -572,7 +577,7 @@ impl Worker {
                         .events
                         .with_events(piece.events.events[sent..].to_vec());
                     if let Some(hold) = self.tenant_hold.as_mut() {
-                        hold.put_back(&tenant, rest, piece.marks, since);
+                        hold.put_back(&tenant, rest, piece.marks, held);
                     }
                     break;
                 }
@@ -593,6 +598,40 @@ impl Worker {
         };
         let subs = &mut self.subs;
         let gone = hold.expired(now, &mut |t| subs.covers(t));
+        self.drop_held(
+            gone,
+            "no subscription for this tenant within output.tenant_hold_ms: its held events are dropped",
+        );
+    }
+
+    /// Past `output.tenant_hold_bytes`: drops the oldest held events of tenants no
+    /// subscription covers until the holds are below it, counted, one log line per
+    /// tenant (at most one a minute when it goes on).
+    fn shed_holds(&mut self) {
+        self.read_subscriptions();
+        let Some(hold) = self.tenant_hold.as_mut() else {
+            return;
+        };
+        let subs = &mut self.subs;
+        let gone = hold.shed(&mut |t| subs.covers(t));
+        if gone.is_empty() {
+            return;
+        }
+        let warn = self
+            .hold_shed_warned
+            .is_none_or(|at| at.elapsed() >= HOLD_FULL_WARNING);
+        if warn {
+            self.hold_shed_warned = Some(Instant::now());
+            self.drop_held(gone, "tenant holds are full (output.tenant_hold_bytes): the oldest held events of tenants nobody subscribes to are dropped");
+        } else {
+            self.drop_held(gone, "");
+        }
+        self.hold_gauges();
+    }
+
+    /// Lets go of held pieces, counted as `no_subscriber`; logs `why` once per tenant
+    /// unless it is empty.
+    fn drop_held(&mut self, gone: Vec<(Box<[u8]>, super::hold::Piece)>, why: &str) {
         let mut per_tenant: Vec<(Box<[u8]>, u64)> = Vec::new();
         for (tenant, piece) in gone {
             let n = piece.len() as u64;
@@ -608,11 +647,9 @@ impl Worker {
             self.counters
                 .events_dropped_no_subscriber
                 .fetch_add(n, Ordering::Relaxed);
-            tracing::warn!(
-                tenant = %String::from_utf8_lossy(&tenant),
-                events = n,
-                "no subscription for this tenant within output.tenant_hold_ms: its held events are dropped"
-            );
+            if !why.is_empty() {
+                tracing::warn!(tenant = %String::from_utf8_lossy(&tenant), events = n, "{why}");
+            }
         }
     }
 
@@ -625,7 +662,7 @@ impl Worker {
             .is_none_or(|at| at.elapsed() >= HOLD_FULL_WARNING)
         {
             self.hold_full_warned = Some(Instant::now());
-            tracing::warn!("tenant holds are full (output.tenant_hold_bytes): publishing nothing new until held events go out");
+            tracing::warn!("tenant holds are full (output.tenant_hold_bytes) of events for full subscribers: publishing nothing new until some go out");
         }
         loop {
             self.outlet.maintain();
@@ -641,6 +678,10 @@ impl Worker {
                 self.read_subscriptions();
             }
             self.serve_holds(true);
+            // A collector that left meanwhile makes its tenants' events sheddable.
+            if self.tenant_hold.as_ref().is_some_and(TenantHold::is_full) {
+                self.shed_holds();
+            }
             let full = self.tenant_hold.as_ref().is_some_and(TenantHold::is_full);
             if !full || self.outlet.intake_closed() {
                 return;

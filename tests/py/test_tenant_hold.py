@@ -8,6 +8,7 @@ the publisher holds every tenant back rather than drop."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -294,23 +295,67 @@ def test_a_tenant_nobody_subscribes_to_is_dropped_after_the_hold_time(start_gate
     sz.close()
 
 
-def test_full_holds_hold_every_tenant_back_rather_than_drop(start_gateway, tmp_path):
-    """Past tenant_hold_bytes nothing new is published (nothing dropped) until held
-    lines go out: here until the tenant's subscriber arrives."""
+def test_past_the_bound_what_nobody_subscribes_to_goes_first(start_gateway, tmp_path):
+    """Past tenant_hold_bytes the oldest held lines of tenants nobody subscribes to are
+    dropped, counted, and the other tenants go on: a client that sends lines for
+    tenants nobody subscribes to cannot hold them back."""
     gw, metrics, sb, client = gateway_with_b(start_gateway, tmp_path, "tenant_hold_bytes = 65536")
     pad = "y" * 1000
-    held = ["z %03d %s" % (i, pad) for i in range(100)]  # about 100 KB: past the bound
+    held = ["z %03d %s" % (i, pad) for i in range(100)]  # about 120 KB: past the bound
     for line in held:
         client.send(fwd.message("app", 1700000000, fwd.rec(line, tenant="tz")))
-    # (Requests read together are published together: the bound applies from the next
-    # hand-over on, so B's line comes once the holds are full.)
-    assert gw.wait_log(gw.is_warn_about("tenant holds are full"), timeout=10)
-    client.send(fwd.message("app", 1700000000, fwd.rec("b waits", tenant="tb")))
-    sb.expect_silence(1.0)
+    client.send(fwd.message("app", 1700000000, fwd.rec("b flows", tenant="tb")))
+    assert sb.recv_n(1, timeout=10)[0][2].endswith(b"b flows")
+    warned = gw.wait_log(gw.is_warn_about("nobody subscribes to are dropped"), timeout=5)
+    assert warned and '"tz"' in warned, warned
+    text = get(metrics, "/metrics")[1]
+    dropped = int(re.search(r'reason="no_subscriber"\} (\d+)', text).group(1))
+    kept = metric(text, "fwdgate_tenant_hold_events")
+    assert dropped > 0 and dropped + kept == 100, (dropped, kept)
+    assert metric(text, "fwdgate_tenant_hold_bytes") < 65536
+    # What was kept is the newest, and goes out in order once somebody subscribes.
     sz = Subscriber(gw.zmq_bind[0], [b"tz"], PROBE)
-    got = [m[2].split(b": ", 1)[1].decode() for m in sz.recv_n(100, timeout=15)]
-    assert got == held
-    assert sb.recv_n(1, timeout=10)[0][2].endswith(b"b waits")
-    assert 'reason="no_subscriber"} 0' in get(metrics, "/metrics")[1]
+    got = [m[2].split(b": ", 1)[1].decode() for m in sz.recv_n(kept, timeout=15)]
+    assert got == held[dropped:]
+    sz.expect_silence()
     sb.close()
     sz.close()
+
+
+def test_past_the_bound_full_subscribers_hold_every_tenant_back(start_gateway, tmp_path, collectors):
+    """What is held for a subscriber that is there but full is never dropped: when it
+    alone fills tenant_hold_bytes, nothing new is published, for any tenant, until the
+    subscriber reads again; then everything arrives, in order."""
+    ca = collectors("ta")
+    cb = collectors("tb")
+    config = write_config(tmp_path, "[output]\nsend_hwm = 100\ntenant_hold_bytes = 262144\n"
+                          "[metrics]\nlisten = \"127.0.0.1:0\"\n")
+    gw = start_gateway("--config", config, "--zmq-connect", ca.endpoint,
+                       "--zmq-connect", cb.endpoint, zmq_bind=False)
+    metrics = gw.ready_fields["metrics"]
+    client = gw.connect(timeout=60)
+    client.send(fwd.message("app", 1700000000, fwd.rec("b first", tenant="tb")))
+    wait_for(lambda: cb.lines("tb") == ["b first"], "B's first line", timeout=10)
+    ca.pause()
+    # About 12 MB for A: more than the socket buffers and send_hwm take, and the 256 KiB
+    # bound past that.
+    pad = "x" * 1000
+    lines = ["a %05d %s" % (i, pad) for i in range(12000)]
+    sender = threading.Thread(target=lambda: [
+        client.send(fwd.forward("app", [(1700000000, fwd.rec(x, tenant="ta")) for x in lines[i:i + 100]]))
+        for i in range(0, len(lines), 100)], daemon=True)
+    sender.start()
+    try:
+        assert gw.wait_log(gw.is_warn_about("of events for full subscribers"), timeout=30)
+        other = gw.connect()
+        other.send(fwd.message("app", 1700000000, fwd.rec("b waits", tenant="tb")))
+        time.sleep(1.0)  # a second in which B's line must not come
+        assert cb.lines("tb") == ["b first"], "B's line went out while the holds were full"
+    finally:
+        ca.resume()
+    sender.join(60)
+    assert not sender.is_alive()
+    wait_for(lambda: len(ca.lines("ta")) == len(lines), "every line of A", timeout=60)
+    assert ca.lines("ta") == lines
+    wait_for(lambda: cb.lines("tb") == ["b first", "b waits"], "B's line once A read again", timeout=20)
+    assert 'reason="no_subscriber"} 0' in get(metrics, "/metrics")[1]
