@@ -14,6 +14,7 @@ pub mod dedup;
 pub mod event;
 pub mod expand;
 pub mod forward;
+pub mod http_endpoint;
 pub mod logfile;
 pub mod metrics;
 pub mod partial;

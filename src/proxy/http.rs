@@ -4,13 +4,9 @@
 
 use super::device::Steering;
 use super::metrics::{render, Observed};
-use bytes::Bytes;
-use http_body_util::Full;
+use crate::http_endpoint::{self, prometheus, text, Reply};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use std::convert::Infallible;
+use hyper::{Method, Request, StatusCode};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -25,45 +21,21 @@ pub struct State {
 
 /// Serves the endpoint until `cancel` fires.
 pub async fn serve(listener: TcpListener, state: Arc<State>, cancel: CancellationToken) {
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = cancel.cancelled() => return,
-        };
-        let Ok((stream, peer)) = accepted else {
-            continue;
-        };
+    http_endpoint::serve(listener, cancel, "proxy metrics", move |req| {
         let state = state.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&req, &state).await) }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(peer = %peer, error = %e, "proxy metrics connection failed");
-            }
-        });
-    }
+        async move { respond(&req, &state).await }
+    })
+    .await;
 }
 
-async fn respond(req: &Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
+async fn respond(req: &Request<Incoming>, state: &State) -> Reply {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
     }
     let running = state.running.load(Ordering::Relaxed);
     match req.uri().path() {
         "/metrics" => match state.steering.statistics().await {
-            Ok(stats) => {
-                let mut r = text(StatusCode::OK, render(&stats, &state.observed));
-                r.headers_mut().insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                );
-                r
-            }
+            Ok(stats) => prometheus(render(&stats, &state.observed)),
             Err(e) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("statistics unavailable: {e}\n"),
@@ -80,14 +52,4 @@ async fn respond(req: &Request<Incoming>, state: &State) -> Response<Full<Bytes>
             "not found: try /metrics, /healthz or /readyz\n".into(),
         ),
     }
-}
-
-fn text(code: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = code;
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
 }

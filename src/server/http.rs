@@ -1,14 +1,10 @@
 //! The operations endpoint: `/metrics` (Prometheus text), `/healthz` (the process is up)
 //! and `/readyz` (listening, and in connect mode a downstream peer is connected).
 
+use crate::http_endpoint::{self, prometheus, text, Reply};
 use crate::metrics::{render, Counters, TenantCounts};
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::CONTENT_TYPE;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use std::convert::Infallible;
+use hyper::{Method, Request, StatusCode};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -45,46 +41,23 @@ impl Status {
 
 /// Serves the endpoint until `cancel` fires.
 pub async fn serve(listener: TcpListener, status: Arc<Status>, cancel: CancellationToken) {
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = cancel.cancelled() => return,
-        };
-        let Ok((stream, peer)) = accepted else {
-            continue;
-        };
+    http_endpoint::serve(listener, cancel, "metrics", move |req| {
         let status = status.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let status = status.clone();
-                async move { Ok::<_, Infallible>(respond(&req, &status)) }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(peer = %peer, error = %e, "metrics connection failed");
-            }
-        });
-    }
+        async move { respond(&req, &status) }
+    })
+    .await;
 }
 
-fn respond(req: &Request<Incoming>, status: &Status) -> Response<Full<Bytes>> {
+fn respond(req: &Request<Incoming>, status: &Status) -> Reply {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
     }
     match req.uri().path() {
-        "/metrics" => {
-            let mut r = text(
-                StatusCode::OK,
-                render(&status.counters, &status.tenants, &status.rate_limited),
-            );
-            r.headers_mut().insert(
-                CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            r
-        }
+        "/metrics" => prometheus(render(
+            &status.counters,
+            &status.tenants,
+            &status.rate_limited,
+        )),
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => match status.ready() {
             Ok(()) => text(StatusCode::OK, "ready\n".into()),
@@ -98,14 +71,4 @@ fn respond(req: &Request<Incoming>, status: &Status) -> Response<Full<Bytes>> {
             "not found: try /metrics, /healthz or /readyz\n".into(),
         ),
     }
-}
-
-fn text(code: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = code;
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
 }
