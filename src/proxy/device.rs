@@ -232,12 +232,7 @@ fn bind_all(socket: &zmq::Socket, endpoints: &[Given]) -> Result<Vec<String>, Pr
                 endpoint: given.value.clone(),
                 source,
             })?;
-        let actual = socket
-            .get_last_endpoint()
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_else(|| given.value.clone());
-        bound.push(actual);
+        bound.push(crate::publish::bound_endpoint(socket, &given.value));
     }
     Ok(bound)
 }

@@ -119,11 +119,7 @@ impl Publisher {
                 endpoint: endpoint.clone(),
                 source,
             })?;
-            let actual = socket
-                .get_last_endpoint()
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_else(|| endpoint.clone());
+            let actual = bound_endpoint(&socket, endpoint);
             binds.push((endpoint.clone(), actual.clone()));
             bound.push(actual);
         }
@@ -207,6 +203,16 @@ impl Publisher {
             tracing::error!("publisher thread panicked");
         }
     }
+}
+
+/// The endpoint `socket` bound last, as libzmq reports it (the port it chose for `*`
+/// or `0`); `asked`, the endpoint as given, if libzmq cannot say.
+pub fn bound_endpoint(socket: &zmq::Socket, asked: &str) -> String {
+    socket
+        .get_last_endpoint()
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_else(|| asked.to_owned())
 }
 
 /// Sets ZMQ_XPUB_NODROP, which the `zmq` crate does not wrap: a subscriber at its

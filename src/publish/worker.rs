@@ -252,12 +252,7 @@ impl Worker {
             }
             match self.socket.bind(endpoint) {
                 Ok(()) => {
-                    let actual = self
-                        .socket
-                        .get_last_endpoint()
-                        .ok()
-                        .and_then(Result::ok)
-                        .unwrap_or_else(|| endpoint.clone());
+                    let actual = super::bound_endpoint(&self.socket, endpoint);
                     tracing::info!(endpoint = %actual, "ZeroMQ endpoint bound");
                     kept.push((endpoint.clone(), actual));
                 }
@@ -600,7 +595,7 @@ impl Worker {
         let gone = hold.expired(now, &mut |t| subs.covers(t));
         self.drop_held(
             gone,
-            "no subscription for this tenant within output.tenant_hold_ms: its held events are dropped",
+            Some("no subscription for this tenant within output.tenant_hold_ms: its held events are dropped"),
         );
     }
 
@@ -622,16 +617,15 @@ impl Worker {
             .is_none_or(|at| at.elapsed() >= HOLD_FULL_WARNING);
         if warn {
             self.hold_shed_warned = Some(Instant::now());
-            self.drop_held(gone, "tenant holds are full (output.tenant_hold_bytes): the oldest held events of tenants nobody subscribes to are dropped");
-        } else {
-            self.drop_held(gone, "");
         }
+        let why = "tenant holds are full (output.tenant_hold_bytes): the oldest held events of tenants nobody subscribes to are dropped";
+        self.drop_held(gone, warn.then_some(why));
         self.hold_gauges();
     }
 
-    /// Lets go of held pieces, counted as `no_subscriber`; logs `why` once per tenant
-    /// unless it is empty.
-    fn drop_held(&mut self, gone: Vec<(Box<[u8]>, super::hold::Piece)>, why: &str) {
+    /// Lets go of held pieces, counted as `no_subscriber`; logs `why`, if given, once
+    /// per tenant.
+    fn drop_held(&mut self, gone: Vec<(Box<[u8]>, super::hold::Piece)>, why: Option<&str>) {
         let mut per_tenant: Vec<(Box<[u8]>, u64)> = Vec::new();
         for (tenant, piece) in gone {
             let n = piece.len() as u64;
@@ -647,7 +641,7 @@ impl Worker {
             self.counters
                 .events_dropped_no_subscriber
                 .fetch_add(n, Ordering::Relaxed);
-            if !why.is_empty() {
+            if let Some(why) = why {
                 tracing::warn!(tenant = %String::from_utf8_lossy(&tenant), events = n, "{why}");
             }
         }
