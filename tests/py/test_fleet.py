@@ -28,7 +28,7 @@ import pytest
 import peers
 from resend import ResendingClient
 from test_golang import go_client  # noqa: F401  (session fixture: tests/go/client.go, built)
-from test_intake_haproxy import ADDRESSES, SERVERS, Fleet
+from test_intake_haproxy import ADDRESSES, SERVERS, Fleet, run_through_haproxy
 from test_metrics import wait_for
 from test_proxy import Proxy
 from test_resolve import NAME, Hosts
@@ -128,10 +128,7 @@ def test_a_fleet_of_three_gateways_a_proxy_and_sharded_collectors(start_gateway,
         signal_dir.mkdir()
         script = ("i=1; while [ $i -le %d ]; do echo d$i; i=$((i+1)); done; "
                   "while [ ! -e /signal/done ]; do sleep 0.05; done" % n_docker)
-        cid = containers.run("--network", "host", "-v", "%s:/signal:ro" % signal_dir,
-                             "--log-driver=fluentd", "--log-opt", "fluentd-address=127.0.0.1:%d" % fleet.port,
-                             "--log-opt", "fluentd-request-ack=true", "--log-opt", "env=TENANT_ID",
-                             "-e", "TENANT_ID=tb", cmd=["sh", "-c", script])
+        cid = run_through_haproxy(containers, fleet.port, signal_dir, "tb", script)
         tc = ResendingClient(("127.0.0.1", fleet.port), "c", "tc", lines=n_tc)
         tc.start()
         # Lines of about 1 KB for ta too, so that while A is stopped more waits for it

@@ -422,6 +422,15 @@ def account(fleet, tenant: bytes, want, victim, kill_at, restart_at):
             "replay_began_s_before_kill": round(began, 2)}
 
 
+def run_through_haproxy(containers, port, signal_dir, tenant, script):
+    """A container on Docker's fluentd driver with acks, its address HAProxy's, its
+    tenant in TENANT_ID, running ``script`` with ``signal_dir`` at /signal."""
+    return containers.run("--network", "host", "-v", "%s:/signal:ro" % signal_dir,
+                          "--log-driver=fluentd", "--log-opt", "fluentd-address=127.0.0.1:%d" % port,
+                          "--log-opt", "fluentd-request-ack=true", "--log-opt", "env=TENANT_ID",
+                          "-e", "TENANT_ID=%s" % tenant, cmd=["sh", "-c", script])
+
+
 def report(name, numbers):
     print("MEASURE %s = %r" % (name, numbers))
 
@@ -481,10 +490,7 @@ def test_docker_through_haproxy_loses_nothing_acked_when_its_gateway_is_killed(f
     signal_dir.mkdir()
     script = ("i=1; while [ $i -le %d ]; do echo d$i; i=$((i+1)); done; "
               "while [ ! -e /signal/done ]; do sleep 0.05; done" % n)
-    cid = containers.run("--network", "host", "-v", "%s:/signal:ro" % signal_dir,
-                         "--log-driver=fluentd", "--log-opt", "fluentd-address=127.0.0.1:%d" % fleet.port,
-                         "--log-opt", "fluentd-request-ack=true", "--log-opt", "env=TENANT_ID",
-                         "-e", "TENANT_ID=%s" % tenant.decode(), cmd=["sh", "-c", script])
+    cid = run_through_haproxy(containers, fleet.port, signal_dir, tenant.decode(), script)
 
     victim, kill_at, restart_at = kill_carrier_mid_stream(fleet, tenant, n)
     want = [b"d%d" % i for i in range(1, n + 1)]
@@ -513,10 +519,7 @@ def test_quiet_container_through_haproxy_moves_on_after_its_gateway_died(fleet, 
               "while [ ! -e /signal/more ]; do sleep 0.05; done; "
               "for i in 11 12 13 14 15 16 17 18 19 20; do echo q$i; done; "
               "while [ ! -e /signal/done ]; do sleep 0.05; done")
-    cid = containers.run("--network", "host", "-v", "%s:/signal:ro" % signal_dir,
-                         "--log-driver=fluentd", "--log-opt", "fluentd-address=127.0.0.1:%d" % fleet.port,
-                         "--log-opt", "fluentd-request-ack=true", "--log-opt", "env=TENANT_ID",
-                         "-e", "TENANT_ID=%s" % tenant.decode(), cmd=["sh", "-c", script])
+    cid = run_through_haproxy(containers, fleet.port, signal_dir, tenant.decode(), script)
     fleet.collector.wait_distinct(tenant, 10, timeout=60)
     victim = fleet.carrier()
     fleet.wait_all_checkpointed(victim, timeout=30)

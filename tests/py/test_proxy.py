@@ -7,7 +7,6 @@ messages that reach it. Every endpoint is an ephemeral loopback port, learned fr
 proxy's ready line; every wait is bounded and waits on a condition it can observe.
 """
 
-import http.client
 import re
 import signal
 import socket
@@ -18,8 +17,9 @@ import pytest
 import zmq
 
 import fwd
-from conftest import Gateway, _hostport, run_fwdgate, zmq_context
+from conftest import Gateway, run_fwdgate, zmq_context
 from fwd import ack, message, option
+from test_metrics import get
 
 T0 = 1700000000
 WAIT = 10.0
@@ -43,14 +43,7 @@ class Proxy(Gateway):
         return self
 
     def get(self, path):
-        host, port = _hostport(self.metrics_addr)
-        conn = http.client.HTTPConnection(host, port, timeout=5)
-        try:
-            conn.request("GET", path)
-            r = conn.getresponse()
-            return r.status, r.read().decode()
-        finally:
-            conn.close()
+        return get(self.metrics_addr, path)
 
     def metrics(self) -> dict:
         """Every sample of /metrics by its name with labels, e.g.
