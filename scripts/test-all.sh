@@ -28,6 +28,11 @@ step() {
 step "installing the test dependencies that are missing"
 scripts/install-test-deps.sh
 
+# What an earlier run built outside the checkout must not stand in for a step of this
+# one: Go builds its client from an empty cache.
+export GOCACHE="$PWD/target/go-build"
+rm -rf "$GOCACHE"
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -79,10 +84,16 @@ env -u FWDGATE_BIN python3 bench/run.py --quick --modes message,packed \
     --seconds 1 --soak-seconds 25 --soak-request-timeout-ms 3000 \
     --results target/bench-smoke --check
 
-step "Docker daemon for the real-peer tests (started here only if none is running)"
-export FWDGATE_DOCKERD_PIDFILE="$PWD/target/fwdgate-dockerd.pid"
+step "a Docker daemon of the test command's own: an empty image store and data root, a socket of its own (scripts/start-dockerd.sh)"
+# Never the machine's own daemon, if one runs: a fresh machine has no local/busybox image,
+# no gateway image and no swarm, so neither does any run of this command.
+export FWDGATE_DOCKERD_DIR="$PWD/target/dockerd"
 trap 'scripts/stop-dockerd.sh' EXIT
 scripts/start-dockerd.sh
+DOCKER_HOST=$(cat "$FWDGATE_DOCKERD_DIR/docker-host")
+export DOCKER_HOST
+step "the local/busybox image, made from nothing (scripts/make-busybox-image.sh)"
+scripts/make-busybox-image.sh
 
 step "integration tests (pytest: Docker, swarm, compose, the .deb, the image, the README's quick start, Go, Python and Node clients, pyzmq subscribers)"
 python3 -m pytest -q tests/py "$@"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -101,6 +102,35 @@ def _arg_values(args, flag) -> list:
         elif a.startswith(flag + "="):
             out.append(a[len(flag) + 1:])
     return out
+
+
+_PATH_STEP = re.compile(r"""\.([^.\[\]'"]+)|\[(?:'([^']*)'|"([^"]*)")\]""")
+
+
+def key_path(key: str) -> list:
+    """The map keys a routing key names: a plain name is itself; a record_accessor path
+    (`$.a.b`, `$['a.b']['c']`, `$a['b']`) its steps (array indices are not needed here)."""
+    if not key.startswith("$"):
+        return [key]
+    text = key[1:]
+    if text and text[0] not in ".[":
+        text = "." + text
+    steps, at = [], 0
+    while at < len(text):
+        m = _PATH_STEP.match(text, at)
+        assert m, "routing key %r: cannot follow it at %d" % (key, at + 2)
+        steps.append(next(g for g in m.groups() if g is not None))
+        at = m.end()
+    return steps
+
+
+def set_key(record: dict, key: str, value):
+    """Sets the value that routing key ``key`` reads in ``record``, making the maps on
+    its path."""
+    *inner, last = key_path(key)
+    for step in inner:
+        record = record.setdefault(step, {})
+    record[last] = value
 
 
 class Gateway:
@@ -238,9 +268,9 @@ class Gateway:
     def probe_record(self, marker: str, tenant=PROBE_TENANT, service=PROBE_SERVICE) -> dict:
         r = {}
         for k in self.tenant_keys:
-            r[k] = tenant
+            set_key(r, k, tenant)
         for k in self.service_keys:
-            r[k] = service
+            set_key(r, k, service)
         r["log"] = marker
         return r
 
@@ -524,7 +554,7 @@ def pytest_sessionfinish(session, exitstatus):
 # `docker`: the test needs a Docker daemon (it uses one of the fixtures below); `release`:
 # it needs the release build or what is made from it (the .deb, the image, the README's
 # `cargo install`). `scripts/test-all.sh --quick` runs the tests that are neither.
-DOCKER_FIXTURES = {"dockerd", "busybox_image", "containers", "swarm"}
+DOCKER_FIXTURES = {"dockerd", "empty_dockerd", "busybox_image", "containers", "swarm"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -534,8 +564,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 # -------------------------------------------------------------------- real peers (Docker)
-# Session-wide: the Docker daemon (used when it answers, else started by
-# scripts/start-dockerd.sh and stopped at the end) and the local busybox image.
+# Session-wide: the Docker daemon (the private one the test command started and named in
+# DOCKER_HOST, else one started here and stopped at the end) and the local busybox image.
+# Per test: `empty_dockerd`, another private daemon with nothing in it.
 
 
 @pytest.fixture(scope="session")
@@ -543,6 +574,17 @@ def dockerd():
     import peers
 
     d = peers.Dockerd().ensure()
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def empty_dockerd(dockerd):
+    """A second private Docker daemon, started for this test with an empty image store
+    (what a fresh machine has), and stopped with its data removed afterwards."""
+    import peers
+
+    d = peers.PrivateDockerd().start()
     yield d
     d.stop()
 

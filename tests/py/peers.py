@@ -74,13 +74,48 @@ def docker_out(*args, **kw) -> str:
 # ------------------------------------------------------------------ the daemon
 
 
-class Dockerd:
-    """The Docker daemon for this test session: the one already answering `docker info`,
-    else one started by scripts/start-dockerd.sh (and stopped by scripts/stop-dockerd.sh
-    at the end of the session, and only then)."""
+class PrivateDockerd:
+    """A Docker daemon of our own, started by scripts/start-dockerd.sh in a new
+    directory: an empty image store, no containers, no swarm, its own socket
+    (``host``, a DOCKER_HOST value); stopped, and its data removed, by
+    scripts/stop-dockerd.sh. The machine's own daemon, if one runs, is left alone."""
 
     def __init__(self):
-        self.pidfile = None
+        self.dir = tempfile.mkdtemp(prefix="fwdgate-dockerd-")
+        self.host = None
+
+    def start(self):
+        env = dict(os.environ, FWDGATE_DOCKERD_DIR=self.dir)
+        p = subprocess.run([str(SCRIPTS / "start-dockerd.sh")], capture_output=True, env=env, timeout=120)
+        if p.returncode != 0:
+            self.stop()
+            fail("peer Docker daemon: scripts/start-dockerd.sh failed (exit %d): %s"
+                 % (p.returncode, (p.stdout + p.stderr).decode("utf-8", "replace")))
+        with open(os.path.join(self.dir, "docker-host")) as f:
+            self.host = f.read().strip()
+        return self
+
+    def env(self, base=None) -> dict:
+        """``base`` (default: this process's environment) with DOCKER_HOST set to it."""
+        return dict(os.environ if base is None else base, DOCKER_HOST=self.host)
+
+    def stop(self):
+        if self.dir is None:
+            return
+        env = dict(os.environ, FWDGATE_DOCKERD_DIR=self.dir)
+        subprocess.run([str(SCRIPTS / "stop-dockerd.sh")], env=env, timeout=120)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir = None
+
+
+class Dockerd:
+    """The Docker daemon for this test session: the one DOCKER_HOST names (the test
+    command starts a private one and sets it), else a private one started here
+    (`PrivateDockerd`) and stopped at the end of the session. The machine's own daemon,
+    if one runs, is never used."""
+
+    def __init__(self):
+        self.private = None
         self.info = None
 
     def _info(self):
@@ -93,19 +128,13 @@ class Dockerd:
         return json.loads(p.stdout), None
 
     def ensure(self):
+        if not os.environ.get("DOCKER_HOST"):
+            self.private = PrivateDockerd().start()
+            os.environ["DOCKER_HOST"] = self.private.host
         info, why = self._info()
         if info is None:
-            self.pidfile = os.path.join(tempfile.mkdtemp(prefix="fwdgate-dockerd-"), "dockerd.pid")
-            env = dict(os.environ, FWDGATE_DOCKERD_PIDFILE=self.pidfile)
-            p = subprocess.run([str(SCRIPTS / "start-dockerd.sh")], capture_output=True, env=env, timeout=120)
-            if p.returncode != 0:
-                self.stop()
-                fail("peer Docker daemon: not reachable (%s) and scripts/start-dockerd.sh failed (exit %d): %s"
-                     % (why, p.returncode, (p.stdout + p.stderr).decode("utf-8", "replace")))
-            info, why = self._info()
-            if info is None:
-                self.stop()
-                fail("peer Docker daemon: started by scripts/start-dockerd.sh but `docker info` fails: %s" % why)
+            self.stop()
+            fail("peer Docker daemon at %s does not answer `docker info`: %s" % (os.environ.get("DOCKER_HOST"), why))
         self.info = info
         if "fluentd" not in json.dumps(info.get("Plugins", {}).get("Log", [])):
             fail("peer Docker daemon %s has no fluentd log driver: %r"
@@ -113,12 +142,11 @@ class Dockerd:
         return self
 
     def stop(self):
-        if self.pidfile is None:
+        if self.private is None:
             return
-        env = dict(os.environ, FWDGATE_DOCKERD_PIDFILE=self.pidfile)
-        subprocess.run([str(SCRIPTS / "stop-dockerd.sh")], env=env, timeout=120)
-        shutil.rmtree(os.path.dirname(self.pidfile), ignore_errors=True)
-        self.pidfile = None
+        self.private.stop()
+        os.environ.pop("DOCKER_HOST", None)
+        self.private = None
 
 
 def ensure_busybox_image():

@@ -109,7 +109,9 @@ class Shell:
                                            self.stderr.decode(errors="replace")[-3000:])
 
 
-def test_readme_install_and_quick_start(tmp_path):
+def test_readme_install_and_quick_start(tmp_path, empty_dockerd):
+    """From a Docker daemon with an empty image store, as on a fresh machine: the quick
+    start makes local/busybox itself."""
     for port, kind in PORTS:
         why = peers.port_in_use(port, kind)
         if why:
@@ -126,7 +128,7 @@ def test_readme_install_and_quick_start(tmp_path):
     [expected] = [c[len("# tail prints: "):] for c in commands if c.startswith("# tail prints: ")]
     wanted = re.compile(("^" + re.escape(expected) + "$").replace(re.escape("3f2a9c81b0d4"), "[0-9a-f]{12}")
                         .encode(), re.M)
-    shell = Shell(clean_env({"PATH": "%s:%s" % (root / "bin", os.environ["PATH"])}))
+    shell = Shell(empty_dockerd.env(clean_env({"PATH": "%s:%s" % (root / "bin", os.environ["PATH"])})))
     try:
         shell.type(commands[0])
         if not shell.read_until(lambda: b"fwdgate ready" in shell.stderr, READY_TIMEOUT):
@@ -146,7 +148,77 @@ def test_readme_install_and_quick_start(tmp_path):
     finally:
         shell.kill_all()
     assert len(wanted.findall(shell.stdout)) == 1, shell.transcript()
+    assert b"make-busybox-image: made local/busybox:latest" in shell.stdout, shell.transcript()
     # the gateway drained and stopped on kill's SIGTERM, and logged without colour codes
     assert b"fwdgate stopped" in shell.stderr, shell.transcript()
     assert b"\x1b[" not in shell.stderr, shell.transcript()
     assert b"error" not in shell.stderr.lower(), shell.transcript()
+
+
+COMPOSE_TAIL_LINE = re.compile(rb"^tail_1\s+\| ([0-9a-f]{12}): demo-line-(\d+)\r?$", re.M)
+
+
+def children(pid):
+    """The pids of a process's children (our own shell's), from /proc."""
+    out = []
+    for task in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/children" % (pid, task)) as f:
+            out += [int(c) for c in f.read().split()]
+    return out
+
+
+def cmdline(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def test_readme_compose_demo_from_an_empty_image_store(empty_dockerd):
+    """The README's "Docker Compose" block, typed line by line into one bash as written,
+    against a daemon with nothing in it: the release build is staged, local/busybox made,
+    `docker-compose up --build` builds the gateway image and shows tail printing the
+    demo's lines in order; Ctrl-C (SIGINT to docker-compose) stops it, and `down --rmi
+    local` leaves no container and no image but local/busybox."""
+    commands = sh_block("## Docker Compose")
+    assert [c.split("#")[0].split() for c in commands] == [
+        "cargo build --release && scripts/stage-image.sh".split(),
+        "scripts/make-busybox-image.sh".split(),
+        "docker-compose up --build".split(),
+        "docker-compose down --rmi local".split(),
+    ], commands
+    for port, kind in PORTS:
+        why = peers.port_in_use(port, kind)
+        if why:
+            fail("docker-compose.yml uses the fixed port %d, which is taken (%s); free it and re-run" % (port, why))
+    env = empty_dockerd.env(clean_env({"COMPOSE_INTERACTIVE_NO_CLI": "1"}))
+    shell = Shell(env)
+    try:
+        for command in commands[:3]:
+            shell.type(command)
+        if not shell.read_until(lambda: len(COMPOSE_TAIL_LINE.findall(shell.stdout)) >= 20, 600):
+            fail("docker-compose up did not show 20 of tail's lines within 600 s\n%s" % shell.transcript())
+        ups = [c for c in children(shell.proc.pid) if "docker-compose up" in cmdline(c)]
+        assert len(ups) == 1, "docker-compose up among the shell's children: %r" % ups
+        os.kill(ups[0], signal.SIGINT)
+        shell.type(commands[3])
+        shell.proc.stdin.close()
+        if not shell.read_until(lambda: False, 120) and shell.open:
+            fail("the compose demo still runs 120 s after Ctrl-C and `down`\n%s" % shell.transcript())
+        assert shell.proc.wait(10) == 0, shell.transcript()
+    finally:
+        shell.kill_all()
+        # whatever `down` did not remove goes with the daemon's data root
+    lines = COMPOSE_TAIL_LINE.findall(shell.stdout)
+    ids = {cid for cid, _ in lines}
+    assert len(ids) == 1, "tail printed lines of %r" % ids
+    nums = [int(n) for _, n in lines]
+    assert nums == list(range(nums[0], nums[0] + len(nums))), "not contiguous and in order: %r" % nums
+    assert b"make-busybox-image: made local/busybox:latest" in shell.stdout, shell.transcript()
+    docker = peers.docker_bin()
+    left = subprocess.run([docker, "ps", "-aq"], env=env, capture_output=True, timeout=30).stdout.split()
+    assert left == [], "containers left after down: %r" % left
+    images = subprocess.run([docker, "images", "--format", "{{.Repository}}:{{.Tag}}"], env=env,
+                            capture_output=True, timeout=30).stdout.decode().split()
+    assert images == ["local/busybox:latest"], "images after `down --rmi local`: %r" % images
