@@ -694,6 +694,19 @@ impl Config {
                 );
             }
         }
+        let container = std::slice::from_ref(&self.route.container_id_key);
+        for (key, list) in [
+            ("route.tenant_keys", &self.route.tenant_keys[..]),
+            ("route.service_keys", &self.route.service_keys[..]),
+            ("route.line_keys", &self.route.line_keys[..]),
+            ("route.container_id_key", container),
+        ] {
+            for path in list {
+                if let Err(e) = crate::route::KeyPath::parse(path) {
+                    return invalid(key, format!("{key}: {path:?} is not a valid key path: {e}"));
+                }
+            }
+        }
         let endpoints = (self.output.zmq_bind.iter().map(|e| ("output.zmq_bind", e))).chain(
             self.output
                 .zmq_connect
@@ -857,6 +870,36 @@ mod tests {
         let mut c = Config::default();
         c.output.zmq_connect.push("tcp://127.0.0.1:1".into());
         assert!(c.finalize().unwrap().output.zmq_bind.is_empty());
+    }
+
+    #[test]
+    fn a_malformed_key_path_names_its_key_and_position() {
+        let mut c = Config::default();
+        c.route.service_keys = vec!["SERVICE_ID".into(), "$.kubernetes..labels".into()];
+        match c.finalize() {
+            Err(ConfigError::Invalid { key, message }) => {
+                assert_eq!(key, "route.service_keys");
+                assert_eq!(
+                    message,
+                    "route.service_keys: \"$.kubernetes..labels\" is not a valid key path: \
+                     empty key name at character 14"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut c = Config::default();
+        c.route.container_id_key = "$['kubernetes'".into();
+        assert!(matches!(
+            c.finalize(),
+            Err(ConfigError::Invalid {
+                key: "route.container_id_key",
+                ..
+            })
+        ));
+        let mut c = Config::default();
+        c.route.tenant_keys = vec!["$.kubernetes.namespace_name".into()];
+        c.route.line_keys = vec!["$['kubernetes']['labels']['app.kubernetes.io/name']".into()];
+        assert!(c.finalize().is_ok());
     }
 
     #[test]

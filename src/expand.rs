@@ -7,7 +7,7 @@ use crate::forward::compression::{decompress, DecompressError};
 use crate::forward::msgpack::{Cursor, ReadError};
 use crate::forward::request::{entry_head, ForwardEvents, PackedEvents};
 use crate::forward::{Compression, Entries, Event, EventError, Limits, Request};
-use crate::route::{Routed, Router, Span, TagRoute};
+use crate::route::{Routed, Router, Span, TagRoute, SCANNED};
 use bytes::Bytes;
 use std::ops::Range;
 use std::sync::Arc;
@@ -36,7 +36,8 @@ impl Invalid {
 
 /// Decodes and routes one entry in a single pass over its bytes, when it has the
 /// common shape (`entry_head`): `skip_value` moves past the record's values that are
-/// neither str nor bin, `skip_element` past entry elements after the record. `None` leaves the entry
+/// neither str nor bin nor entered by a routing path (each may open `value_depth`
+/// levels), `skip_element` past entry elements after the record. `None` leaves the entry
 /// to the event iterator, which decodes it (and reports what is wrong with it) in full.
 #[inline(always)]
 fn route_entry<'a>(
@@ -44,11 +45,14 @@ fn route_entry<'a>(
     data: &'a [u8],
     router: &Router,
     tag: &TagRoute,
-    skip_value: &mut impl FnMut(&mut Cursor<'a>) -> Result<Range<usize>, ReadError>,
+    value_depth: usize,
+    skip_value: &mut impl FnMut(&mut Cursor<'a>, usize) -> Result<Range<usize>, ReadError>,
     skip_element: &mut impl FnMut(&mut Cursor<'a>) -> Result<Range<usize>, ReadError>,
 ) -> Option<Routed> {
     let (time, elements) = entry_head(c, data)?;
-    let routed = router.route_record(data, tag, time, c, skip_value).ok()?;
+    let routed = router
+        .route_record(data, tag, time, c, value_depth, skip_value)
+        .ok()?;
     for _ in 2..elements {
         skip_element(c).ok()?;
     }
@@ -72,7 +76,8 @@ fn route_packed_entry<'a>(
         data,
         router,
         tag,
-        &mut |c| c.skip_capped(value_depth),
+        value_depth,
+        &mut |c, depth| c.skip_capped(depth),
         &mut |c| c.skip_capped(value_depth + 1),
     )
 }
@@ -151,7 +156,15 @@ pub fn expand_decompressed(
                 // The frame was scanned whole, depth cap included, so a plain skip
                 // meets nothing the scanner would have refused.
                 let fused = entries.read_with(|c| {
-                    route_entry(c, &data, router, &tag, &mut |c| c.skip(), &mut |c| c.skip())
+                    route_entry(
+                        c,
+                        &data,
+                        router,
+                        &tag,
+                        SCANNED,
+                        &mut |c, _| c.skip(),
+                        &mut |c| c.skip(),
+                    )
                 });
                 match fused {
                     Some(routed) => take(&mut events, Ok(routed)),
@@ -319,8 +332,28 @@ mod tests {
 
     use super::reference::Outcome;
 
+    /// The default keys, and paths that enter the value of `n` (nested arrays in
+    /// `cases`) at several depths, so that the one-pass walk enters what it skips
+    /// otherwise.
+    fn configs() -> [RouteConfig; 2] {
+        [
+            RouteConfig::default(),
+            RouteConfig {
+                tenant_keys: vec!["$.n[0][0]".into(), "TENANT_ID".into()],
+                service_keys: vec!["$.n[0]".into(), "$['n']['k']".into()],
+                line_keys: vec!["$.n".into(), "log".into()],
+                container_id_key: "$.n[0][0][0][0]".into(),
+                ..RouteConfig::default()
+            },
+        ]
+    }
+
     fn built(frame: &[u8], max_depth: usize) -> Outcome {
-        let router = Router::new(&RouteConfig::default()).unwrap();
+        built_with(&RouteConfig::default(), frame, max_depth)
+    }
+
+    fn built_with(config: &RouteConfig, frame: &[u8], max_depth: usize) -> Outcome {
+        let router = Router::new(config).unwrap();
         let request = decode_request(frame).unwrap();
         let limits = ExpandLimits {
             max_depth,
@@ -334,8 +367,8 @@ mod tests {
     }
 
     /// The same request through the reference.
-    fn by_iterators(frame: &[u8], max_depth: usize) -> Outcome {
-        let router = Router::new(&RouteConfig::default()).unwrap();
+    fn by_iterators(config: &RouteConfig, frame: &[u8], max_depth: usize) -> Outcome {
+        let router = Router::new(config).unwrap();
         let request = decode_request(frame).unwrap();
         let limits = ExpandLimits {
             max_depth,
@@ -387,23 +420,25 @@ mod tests {
 
     #[test]
     fn packed_entries_route_as_the_scanner_and_iterator_do() {
-        for (entries, max_depth) in cases() {
-            let frame = packed_frame(&entries.concat());
-            let got = built(&frame, max_depth);
-            assert_eq!(
-                got,
-                by_iterators(&frame, max_depth),
-                "{entries:x?} depth {max_depth}"
-            );
-            // Every prefix of the stream: the last entry is cut short.
-            let all = entries.concat();
-            for cut in 1..all.len() {
-                let frame = packed_frame(&all[..cut]);
+        for config in &configs() {
+            for (entries, max_depth) in cases() {
+                let frame = packed_frame(&entries.concat());
+                let got = built_with(config, &frame, max_depth);
                 assert_eq!(
-                    built(&frame, max_depth),
-                    by_iterators(&frame, max_depth),
-                    "{entries:x?} cut at {cut}"
+                    got,
+                    by_iterators(config, &frame, max_depth),
+                    "{entries:x?} depth {max_depth} {config:?}"
                 );
+                // Every prefix of the stream: the last entry is cut short.
+                let all = entries.concat();
+                for cut in 1..all.len() {
+                    let frame = packed_frame(&all[..cut]);
+                    assert_eq!(
+                        built_with(config, &frame, max_depth),
+                        by_iterators(config, &frame, max_depth),
+                        "{entries:x?} cut at {cut} {config:?}"
+                    );
+                }
             }
         }
     }
@@ -447,7 +482,13 @@ mod tests {
             if crate::forward::msgpack::Cursor::new(&frame).skip() != Ok(0..frame.len()) {
                 continue; // not a frame the scanner would pass on
             }
-            assert_eq!(built(&frame, 4), by_iterators(&frame, 4), "{entries:x?}");
+            for config in &configs() {
+                assert_eq!(
+                    built_with(config, &frame, 4),
+                    by_iterators(config, &frame, 4),
+                    "{entries:x?} {config:?}"
+                );
+            }
         }
     }
 }

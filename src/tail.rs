@@ -26,8 +26,8 @@ pub enum TailError {
     },
     #[error("cannot write to stdout")]
     Output(#[from] std::io::Error),
-    #[error("invalid route configuration")]
-    Route(#[from] regex::Error),
+    #[error("invalid route configuration: {0}")]
+    Route(#[from] crate::route::RouterError),
 }
 
 /// Why [`tail`] returned without an error.

@@ -37,9 +37,13 @@ const EXPAND_LIMITS: ExpandLimits = ExpandLimits {
     max_decompressed: 1 << 20,
 };
 
+/// Plain keys and record_accessor paths (short, so that the fuzzer finds them), so that
+/// the one-pass walk enters nested maps and arrays where the reference skips them.
 fn route_config() -> RouteConfig {
     RouteConfig {
-        tenant_keys: vec!["TENANT_ID".into(), "tenant".into()],
+        tenant_keys: vec!["TENANT_ID".into(), "tenant".into(), "$.k.n".into()],
+        service_keys: vec!["SERVICE_ID".into(), "$['k']['l']['a.b']".into(), "$.a[1]".into()],
+        line_keys: vec!["log".into(), "message".into(), "$.k".into()],
         tag_regex: r"^(?P<tenant>[^.]+)\.(?P<service>[^.]+)".into(),
         ..RouteConfig::default()
     }

@@ -58,8 +58,8 @@ pub enum ServerError {
     Buffer(#[from] BufferError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
-    #[error("invalid route.tag_regex: {0}")]
-    Regex(#[from] regex::Error),
+    #[error("invalid routing: {0}")]
+    Route(#[from] crate::route::RouterError),
 }
 
 /// Runs a gateway until `shutdown` completes, then drains: [`bind`], then

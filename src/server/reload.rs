@@ -28,7 +28,7 @@ pub async fn serve(
         let router = match Router::new(&new.route) {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!(error = %e, "SIGHUP: configuration not reloaded: invalid route.tag_regex");
+                tracing::error!(error = %e, "SIGHUP: configuration not reloaded: invalid routing");
                 continue;
             }
         };
