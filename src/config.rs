@@ -202,6 +202,9 @@ pub enum Format {
     /// Publish nothing: events are accepted, counted and dropped. For measuring intake
     /// alone, like Fluentd's and Fluent Bit's null outputs.
     Null,
+    /// One frame per record, as Rainbond's eventlog reads it in its `zmq` mode:
+    /// `<12-character container id>,<service id><line>` (see `publish::rainbond`).
+    Rainbond,
 }
 
 impl Format {
@@ -211,6 +214,7 @@ impl Format {
             Format::Json => "json",
             Format::Batch => "batch",
             Format::Null => "null",
+            Format::Rainbond => "rainbond",
         }
     }
 }
@@ -693,6 +697,14 @@ impl Config {
                     "route.tag_regex needs a named group `tenant` or `service`".into(),
                 );
             }
+        }
+        if self.output.format == Format::Rainbond && !self.output.topic_suffix.is_empty() {
+            return invalid(
+                "output.topic_suffix",
+                "output.topic_suffix cannot be used with output.format = \"rainbond\": its \
+                 messages have no tenant frame to append it to"
+                    .into(),
+            );
         }
         let container = std::slice::from_ref(&self.route.container_id_key);
         for (key, list) in [

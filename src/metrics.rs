@@ -43,6 +43,9 @@ pub struct Counters {
     pub events_dropped_no_subscriber: AtomicU64,
     /// Events over their tenant's rate limit.
     pub events_dropped_rate_limit: AtomicU64,
+    /// Events the `rainbond` format could not publish: a service id that Rainbond's
+    /// eventlog cannot cut out of its message.
+    pub events_dropped_rainbond_service_id: AtomicU64,
     /// Gauges: what tenants' holds keep (bytes as counted by `output.tenant_hold_bytes`,
     /// events, tenants).
     pub tenant_hold_bytes: AtomicU64,
@@ -102,7 +105,7 @@ impl Counters {
     /// One line's worth of fields for the shutdown log.
     pub fn summary(&self) -> String {
         format!(
-            "connections={} rejected={} requests={} duplicates={} bytes={} events_published={} events_discarded={} events_invalid={} events_dropped={} dropped_queue_full={} dropped_spool_full={} dropped_no_subscriber={} dropped_rate_limit={} refused_spool={} spool_replayed={} spool_skipped_bytes={} signal_requests={} acks={} heartbeats={}",
+            "connections={} rejected={} requests={} duplicates={} bytes={} events_published={} events_discarded={} events_invalid={} events_dropped={} dropped_queue_full={} dropped_spool_full={} dropped_no_subscriber={} dropped_rate_limit={} dropped_rainbond_service_id={} refused_spool={} spool_replayed={} spool_skipped_bytes={} signal_requests={} acks={} heartbeats={}",
             get(&self.connections_accepted),
             get(&self.connections_rejected),
             get(&self.requests),
@@ -116,6 +119,7 @@ impl Counters {
             get(&self.events_dropped_spool_full),
             get(&self.events_dropped_no_subscriber),
             get(&self.events_dropped_rate_limit),
+            get(&self.events_dropped_rainbond_service_id),
             get(&self.requests_refused_spool),
             get(&self.spool_records_replayed),
             get(&self.spool_bytes_skipped),
@@ -414,7 +418,8 @@ pub fn render(c: &Counters, tenants: &TenantCounts, rate_limited: &TenantCounts)
          fwdgate_events_dropped_total{{reason=\"queue_full\"}} {}\n\
          fwdgate_events_dropped_total{{reason=\"spool_full\"}} {}\n\
          fwdgate_events_dropped_total{{reason=\"no_subscriber\"}} {}\n\
-         fwdgate_events_dropped_total{{reason=\"tenant_rate_limit\"}} {}",
+         fwdgate_events_dropped_total{{reason=\"tenant_rate_limit\"}} {}\n\
+         fwdgate_events_dropped_total{{reason=\"rainbond_service_id\"}} {}",
         get(&c.events_invalid),
         get(&c.events_dropped),
         get(&c.events_discarded),
@@ -422,6 +427,7 @@ pub fn render(c: &Counters, tenants: &TenantCounts, rate_limited: &TenantCounts)
         get(&c.events_dropped_spool_full),
         get(&c.events_dropped_no_subscriber),
         get(&c.events_dropped_rate_limit),
+        get(&c.events_dropped_rainbond_service_id),
     );
     tenant_family(
         &mut out,

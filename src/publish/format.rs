@@ -3,6 +3,7 @@
 
 use super::forward_body::{body_len, entry_len, write_body_start, write_entry, Extra, Out};
 use super::groups::Groups;
+use super::rainbond;
 use crate::config::{Format, OutputConfig, RouteConfig};
 use crate::event::RoutedEvents;
 use crate::forward::msgpack::{Cursor, Kind, ReadError};
@@ -50,6 +51,11 @@ pub struct Encoder {
     source_hostname_key: Option<String>,
     /// The `batch` format's grouping of events by tenant and service.
     groups: Groups,
+    /// Events the `rainbond` format could not publish (a service id its eventlog
+    /// cannot cut out) since the last [`Encoder::take_unpublishable`], and when that
+    /// was last warned of.
+    unpublishable: u64,
+    unpublishable_warned: Option<std::time::Instant>,
 }
 
 impl Encoder {
@@ -73,7 +79,15 @@ impl Encoder {
             source_address_key: None,
             source_hostname_key: None,
             groups: Groups::default(),
+            unpublishable: 0,
+            unpublishable_warned: None,
         }
+    }
+
+    /// How many events the last calls could not publish in this format (dropped,
+    /// not sent, though the calls returned `Ok`), and resets the count.
+    pub fn take_unpublishable(&mut self) -> u64 {
+        std::mem::take(&mut self.unpublishable)
     }
 
     /// Takes a reloaded configuration's default tenant and service.
@@ -92,22 +106,24 @@ impl Encoder {
             .map_or(&self.default_tenant[..], |s| s.get(&batch.data))
     }
 
-    /// Sends every event of the batch; returns how many were sent.
+    /// Sends every event of the batch; returns how many were sent (all but those
+    /// [`Encoder::take_unpublishable`] counts).
     pub fn encode_batch<S: Sink>(
         &mut self,
         batch: &RoutedEvents,
         sink: &mut S,
     ) -> Result<u64, S::Error> {
+        let before = self.unpublishable;
         match self.format {
             Format::Null => {}
             Format::Batch => self.encode_groups(batch, sink)?,
-            Format::Seed | Format::Json => {
+            Format::Seed | Format::Json | Format::Rainbond => {
                 for ev in &batch.events {
                     self.encode(batch, ev, sink)?;
                 }
             }
         }
-        Ok(batch.events.len() as u64)
+        Ok(batch.events.len() as u64 - (self.unpublishable - before))
     }
 
     /// The `batch` format: one message per (tenant, service) of the batch, or several
@@ -178,6 +194,9 @@ impl Encoder {
         sink: &mut S,
     ) -> Result<(), S::Error> {
         let data = &batch.data[..];
+        if self.format == Format::Rainbond {
+            return self.encode_rainbond(data, ev, sink);
+        }
         let tenant = ev.tenant.map_or(&self.default_tenant[..], |s| s.get(data));
         let service = ev
             .service
@@ -199,9 +218,44 @@ impl Encoder {
                 self.render_json(batch, ev);
                 sink.frame(&self.body, false)
             }
-            // encode_batch does not come here for these.
-            Format::Batch | Format::Null => Ok(()),
+            // encode_batch does not come here for these, nor this for rainbond.
+            Format::Batch | Format::Null | Format::Rainbond => Ok(()),
         }
+    }
+
+    /// The `rainbond` format: one frame, `<container id>,<service id><line>`; an
+    /// event whose service id the eventlog would cut wrong is counted, not sent.
+    fn encode_rainbond<S: Sink>(
+        &mut self,
+        data: &[u8],
+        ev: &Routed,
+        sink: &mut S,
+    ) -> Result<(), S::Error> {
+        let service = ev
+            .service
+            .map_or(&self.default_service[..], |s| s.get(data));
+        if !rainbond::publishable_service(service) {
+            self.unpublishable += 1;
+            let now = std::time::Instant::now();
+            if self
+                .unpublishable_warned
+                .is_none_or(|at| now.duration_since(at) >= std::time::Duration::from_secs(60))
+            {
+                self.unpublishable_warned = Some(now);
+                tracing::warn!(
+                    service = %String::from_utf8_lossy(service),
+                    "format rainbond: a service id must be 32 characters (or rbd-api, \
+                     rbd-worker, rbd-gateway, rbd-chaos) for Rainbond's eventlog to read it; \
+                     events dropped (reason rainbond_service_id; warned once a minute)"
+                );
+            }
+            return Ok(());
+        }
+        let (id, line) = seed_line(data, ev, &mut self.body);
+        let len = rainbond::message_len(service, line);
+        sink.last_frame_with(len, &mut |buf: &mut [u8]| {
+            rainbond::write_message(buf, id, service, line)
+        })
     }
 
     /// The `json` format body:
@@ -700,5 +754,46 @@ mod tests {
     fn batch_of_nothing_publishes_nothing() {
         let batch = routed_batch("t", &[]);
         assert!(encode(&mut batch_encoder(""), &batch).is_empty());
+    }
+
+    #[test]
+    fn rainbond_is_one_frame_per_record_and_counts_what_it_cannot_publish() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let c64 = "4f1c8a1e2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6";
+        let records = [
+            record(&[
+                ("container_id", c64),
+                ("SERVICE_ID", id),
+                ("log", "first line"),
+            ]),
+            record(&[("container_id", c64), ("log", "no service id")]),
+            record(&[("SERVICE_ID", "rbd-api"), ("log", "from rbd-api\nand on")]),
+            record(&[("container_id", c64), ("SERVICE_ID", "short"), ("log", "x")]),
+        ];
+        let batch = routed_batch("abcdef012345", &records);
+        let out = OutputConfig {
+            format: Format::Rainbond,
+            ..OutputConfig::default()
+        };
+        let mut enc = Encoder::new(&out, &RouteConfig::default());
+        let mut sink = Frames::default();
+        assert_eq!(enc.encode_batch(&batch, &mut sink).unwrap(), 2);
+        assert_eq!(enc.take_unpublishable(), 2);
+        assert_eq!(enc.take_unpublishable(), 0, "taken once");
+        assert_eq!(
+            sink.0,
+            vec![
+                vec![format!("4f1c8a1e2b3c,{id}first line").into_bytes()],
+                // No container id: the tag (Docker's default, the 12-character id).
+                vec![b"abcdef012345,rbd-apifrom rbd-api\nand on".to_vec()],
+            ]
+        );
+        // One at a time, as the per-tenant path sends them.
+        let mut sink = Frames::default();
+        for ev in &batch.events {
+            enc.encode_event(&batch, ev, &mut sink).unwrap();
+        }
+        assert_eq!(sink.0.len(), 2);
+        assert_eq!(enc.take_unpublishable(), 2);
     }
 }

@@ -8,6 +8,7 @@ mod forward_body;
 mod groups;
 mod hold;
 mod monitor;
+pub mod rainbond;
 pub mod ratelimit;
 mod subscriptions;
 mod worker;
@@ -164,7 +165,10 @@ impl Publisher {
             holding: false,
             limiter: ratelimit::TenantLimiter::new(limits.events_per_second, limits.burst),
             rate_limited: limits.rate_limited,
-            subs: subscriptions::Subscriptions::new(output.topic_suffix.as_bytes()),
+            subs: subscriptions::Subscriptions::new(
+                output.topic_suffix.as_bytes(),
+                output.format != Format::Rainbond,
+            ),
             tenant_hold: (output.tenant_hold_bytes > 0
                 && output.hold_without_subscribers
                 && output.format != Format::Null)

@@ -16,15 +16,20 @@ pub struct Subscriptions {
     topics: HashSet<Vec<u8>>,
     /// `output.topic_suffix`: what follows the tenant in a message's first frame.
     suffix: Vec<u8>,
+    /// False when the first frame does not begin with the tenant (the `rainbond`
+    /// format): then any subscription may want any tenant's lines, and covers them all.
+    tenant_first: bool,
     /// Whether a tenant is covered, as computed since the last change.
     covered: HashMap<Box<[u8]>, bool>,
 }
 
 impl Subscriptions {
-    /// No subscriptions yet, for topics made of a tenant and `suffix`.
-    pub fn new(suffix: &[u8]) -> Subscriptions {
+    /// No subscriptions yet, for topics made of a tenant and `suffix` when
+    /// `tenant_first`, else for messages that do not begin with their tenant.
+    pub fn new(suffix: &[u8], tenant_first: bool) -> Subscriptions {
         Subscriptions {
             suffix: suffix.to_vec(),
+            tenant_first,
             ..Subscriptions::default()
         }
     }
@@ -65,8 +70,8 @@ impl Subscriptions {
     /// True when a subscription is a prefix of the tenant's topic (`tenant` followed
     /// by the suffix, as the first frame is sent).
     pub fn covers(&mut self, tenant: &[u8]) -> bool {
-        if self.topics.is_empty() {
-            return false;
+        if self.topics.is_empty() || !self.tenant_first {
+            return !self.topics.is_empty();
         }
         if let Some(&c) = self.covered.get(tenant) {
             return c;
@@ -98,7 +103,7 @@ mod tests {
 
     #[test]
     fn prefixes_cover_topics() {
-        let mut s = Subscriptions::new(b".logs");
+        let mut s = Subscriptions::new(b".logs", true);
         assert!(!s.covers(b"acme"), "nothing subscribed");
         assert!(s.apply(b"\x01ac"));
         assert!(!s.apply(b"\x01ac"), "a second subscriber changes nothing");
@@ -115,6 +120,17 @@ mod tests {
         assert!(s.apply(b"\x01"));
         assert!(s.covers(b"anyone"), "the empty subscription covers all");
         assert!(!s.apply(b""), "an empty message is ignored");
+    }
+
+    #[test]
+    fn without_the_tenant_first_any_subscription_covers_every_tenant() {
+        let mut s = Subscriptions::new(b"", false);
+        assert!(!s.covers(b"acme"), "nothing subscribed");
+        assert!(s.apply(b"\x014f1c8a1e2b3c"));
+        assert!(s.covers(b"acme"));
+        assert!(s.covers(b"beta"));
+        assert!(s.apply(b"\x004f1c8a1e2b3c"));
+        assert!(!s.covers(b"acme"));
     }
 
     #[test]

@@ -429,6 +429,7 @@ impl Worker {
             Ok(n) => {
                 sent.fetch_add(n, Ordering::Relaxed);
                 count_tenants(&self.encoder, &batch, &self.tenants);
+                self.count_unpublishable();
             }
             Err(e) => {
                 self.counters
@@ -437,6 +438,18 @@ impl Worker {
                 tracing::error!(error = %e, events = batch.events.len(), "ZeroMQ send failed; batch dropped");
             }
         }
+    }
+
+    /// Counts what the encoder could not publish in its format as dropped; returns
+    /// how many that was.
+    fn count_unpublishable(&mut self) -> u64 {
+        let n = self.encoder.take_unpublishable();
+        if n > 0 {
+            self.counters
+                .events_dropped_rainbond_service_id
+                .fetch_add(n, Ordering::Relaxed);
+        }
+        n
     }
 
     /// Publishes each tenant's run of the batch, or holds it: all of it when the tenant
@@ -524,11 +537,13 @@ impl Worker {
             }
             (sent, failed)
         };
-        if sent > 0 {
+        // Events the format could not publish are done with, but not published.
+        let published = sent as u64 - self.count_unpublishable();
+        if published > 0 {
             self.counters
                 .events_published
-                .fetch_add(sent as u64, Ordering::Relaxed);
-            self.tenants.add_runs([(tenant, sent as u64)]);
+                .fetch_add(published, Ordering::Relaxed);
+            self.tenants.add_runs([(tenant, published)]);
         }
         match failed {
             None => sent,
