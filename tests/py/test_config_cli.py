@@ -233,7 +233,7 @@ def test_missing_config_file_is_reported_once(tmp_path):
 def test_bad_variable_is_named_not_its_flag(tmp_path):
     fails_with(run_fwdgate(["check-config"], env={"FWDGATE_FORMAT": "xml"}, cwd=tmp_path),
                'fwdgate: error: environment variable FWDGATE_FORMAT: invalid value "xml" '
-               "(possible values: seed, json, batch, null)\n")
+               "(possible values: seed, json, batch, null, rainbond)\n")
     fails_with(run_fwdgate([], env={"FWDGATE_LOG_FORMAT": "xml"}, cwd=tmp_path),
                'fwdgate: error: environment variable FWDGATE_LOG_FORMAT: invalid value "xml" '
                "(possible values: text, json)\n")
