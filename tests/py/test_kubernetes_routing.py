@@ -159,6 +159,26 @@ def test_json_batch_and_tail_with_nested_keys(start_gateway, subscribe, start_ta
             assert tail.line(10) == b"4f1c8a1e2b3c: GET /healthz 200"
 
 
+def test_nested_line_keys_and_variables(start_gateway, subscribe, tmp_path):
+    """A line key as a path (a string line, a map line rendered as JSON, fall-through to
+    `log`), and the tenant key given by its environment variable."""
+    path = tmp_path / "lines.toml"
+    path.write_text('[route]\nline_keys = ["$.msg.text", "$.msg.fields", "log"]\n')
+    gw = start_gateway("--config", str(path), env={"FWDGATE_TENANT_KEY": TENANT}, tenant_keys=[TENANT])
+    sub = subscribe(gw)
+    with gw.connect() as c:
+        c.send(b"".join(message("tg", T0, r, {}) for r in [
+            {"msg": {"text": "deep line"}, "log": "top", "kubernetes": {"namespace_name": "acme"}},
+            {"msg": {"fields": {"a": 1}}, "log": "top"},
+            {"msg": "not a map", "log": "top"},
+        ]))
+        assert sub.recv_n(3) == [
+            [b"acme", b"default", b"tg: deep line"],
+            [b"default", b"default", b'tg: {"a":1}'],
+            [b"default", b"default", b"tg: top"],
+        ]
+
+
 @pytest.mark.parametrize("args, key, position", [
     (["--tenant-key", "$.kubernetes..namespace_name"], "route.tenant_keys", 14),
     (["--service-key", "SERVICE_ID", "--service-key", "$['kubernetes'"], "route.service_keys", 15),
