@@ -817,30 +817,18 @@ mod tests {
             ("kubernetes.namespace_name", s("flat")),
         ]);
         let (data, tag_len) = data_of("t", record);
-        let flat = RouteConfig {
-            tenant_keys: vec!["kubernetes.namespace_name".into()],
-            ..RouteConfig::default()
-        };
-        assert_eq!(
-            text(&data, route(&flat, &data, tag_len).0.tenant),
-            Some("flat")
-        );
-        let nested = RouteConfig {
-            tenant_keys: vec!["$.kubernetes.namespace_name".into()],
-            ..RouteConfig::default()
-        };
-        assert_eq!(
-            text(&data, route(&nested, &data, tag_len).0.tenant),
-            Some("nested")
-        );
-        let bracket = RouteConfig {
-            tenant_keys: vec!["$['kubernetes.namespace_name']".into()],
-            ..RouteConfig::default()
-        };
-        assert_eq!(
-            text(&data, route(&bracket, &data, tag_len).0.tenant),
-            Some("flat")
-        );
+        for (key, tenant) in [
+            ("kubernetes.namespace_name", "flat"),
+            ("$.kubernetes.namespace_name", "nested"),
+            ("$['kubernetes.namespace_name']", "flat"),
+        ] {
+            let config = RouteConfig {
+                tenant_keys: vec![key.into()],
+                ..RouteConfig::default()
+            };
+            let routed = route(&config, &data, tag_len).0;
+            assert_eq!(text(&data, routed.tenant), Some(tenant), "{key}");
+        }
     }
 
     #[test]

@@ -79,10 +79,10 @@ def load_docs(path):
         return [d for d in yaml.safe_load_all(f) if d is not None]
 
 
-def k8s_objects():
-    """{(kind, name): object} of every manifest."""
+def k8s_objects(files=K8S_FILES):
+    """{(kind, name): object} of every manifest in ``files``."""
     out = {}
-    for path in K8S_FILES:
+    for path in files:
         for d in load_docs(path):
             key = (d["kind"], d["metadata"]["name"])
             assert key not in out, "%s %s defined twice" % key

@@ -32,7 +32,7 @@ import yaml
 
 from conftest import REPO_ROOT, run_fwdgate
 from test_deploy import (K8S, K8S_VERSIONS, NAMESPACE, container_port, drain_bound_s, effective_config,
-                         host_of, kubernetes_validate, load_docs, port_of)
+                         host_of, k8s_objects, kubernetes_validate, load_docs, port_of)
 
 CONTAINERD = K8S / "containerd"
 FILES = [CONTAINERD / "10-configmap.yaml", CONTAINERD / "20-daemonset.yaml", CONTAINERD / "30-fluent-bit.yaml",
@@ -76,13 +76,7 @@ KUBERNETES_METADATA_TAG_RE = (r"var\.log\.containers\.(?P<pod_name>[a-z0-9]([-a-
 
 def objects():
     """{(kind, name): object} of every manifest in containerd/."""
-    out = {}
-    for path in FILES:
-        for d in load_docs(path):
-            key = (d["kind"], d["metadata"]["name"])
-            assert key not in out, "%s %s defined twice" % key
-            out[key] = d
-    return out
+    return k8s_objects(FILES)
 
 
 def pod_of(ds):
