@@ -2,18 +2,25 @@
 //! chunk id when its ack was lost (the connection broke after the gateway accepted it).
 //! A bounded window of recently accepted chunk ids per client identity lets the gateway
 //! ack such a resend again without publishing it twice.
+//!
+//! A chunk is also *in flight* from the moment its request is parsed until its outcome
+//! is known (accepted by the buffer, or given up). A resend that arrives meanwhile (the
+//! client timed out, or its connection broke right after sending, and it sent again at
+//! once on a new connection) waits for that outcome: acked again when the original was
+//! accepted, handled as new when it was not.
 
 use crate::sync::lock;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
 
 /// Recently accepted chunk ids, per client identity (the peer's IP address, or the unix
 /// socket path), each bounded; the number of identities is bounded too (least recently
-/// active forgotten first).
+/// active forgotten first). And the chunks in flight.
 pub struct Dedup {
     per_client: usize,
     max_clients: usize,
-    inner: Mutex<Clients>,
+    inner: Arc<Mutex<Clients>>,
 }
 
 #[derive(Default)]
@@ -22,7 +29,13 @@ struct Clients {
     windows: HashMap<Arc<str>, Window>,
     /// Counts `remember` calls: a window's `last_active` orders the clients.
     clock: u64,
+    /// Chunks being handled, by client and id: what a resend waits on. Bounded by the
+    /// requests in the gateway's hands (each holds its entry until its outcome).
+    in_flight: HashMap<FlightKey, watch::Receiver<bool>>,
 }
+
+/// A chunk in flight: the client's identity and the chunk id.
+type FlightKey = (Arc<str>, Arc<[u8]>);
 
 #[derive(Default)]
 struct Window {
@@ -48,6 +61,113 @@ impl Window {
     }
 }
 
+/// What to do with a request that carries a chunk id.
+pub enum Check {
+    /// Neither accepted recently nor in flight: handle it. The chunk is in flight until
+    /// the [`Flight`] is accepted or dropped.
+    New(Flight),
+    /// Accepted recently: ack it again, publish nothing.
+    Seen,
+    /// The same client's same chunk is being handled (on another connection): wait for
+    /// its outcome, then check again.
+    InFlight(Outcome),
+}
+
+/// A chunk in flight. [`Flight::accepted`] remembers it as accepted and wakes whoever
+/// waits; dropped without that (the request was given up), the waiters handle it
+/// themselves.
+pub struct Flight {
+    clients: Arc<Mutex<Clients>>,
+    client: Arc<str>,
+    chunk: Arc<[u8]>,
+    per_client: usize,
+    max_clients: usize,
+    done: Option<watch::Sender<bool>>,
+}
+
+/// The outcome of a chunk in flight, to wait for.
+pub struct Outcome(watch::Receiver<bool>);
+
+impl Outcome {
+    /// Returns once the chunk in flight was accepted or given up.
+    pub async fn wait(mut self) {
+        // An error means the sender went without accepting: given up.
+        let _ = self.0.wait_for(|accepted| *accepted).await;
+    }
+}
+
+impl Flight {
+    /// The chunk id.
+    pub fn chunk(&self) -> &[u8] {
+        &self.chunk
+    }
+
+    /// The request was accepted: from now on a resend is `Seen`.
+    pub fn accepted(mut self) {
+        let mut clients = lock(&self.clients);
+        clients
+            .in_flight
+            .remove(&(self.client.clone(), self.chunk.clone()));
+        remember(
+            &mut clients,
+            &self.client,
+            &self.chunk,
+            self.per_client,
+            self.max_clients,
+        );
+        drop(clients);
+        if let Some(done) = self.done.take() {
+            done.send_replace(true);
+        }
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        if self.done.is_some() {
+            // Given up: no longer in flight; the sender dropped below wakes the waiters.
+            lock(&self.clients)
+                .in_flight
+                .remove(&(self.client.clone(), self.chunk.clone()));
+        }
+    }
+}
+
+/// Records that `chunk` from `client` was accepted.
+fn remember(
+    clients: &mut Clients,
+    client: &Arc<str>,
+    chunk: &[u8],
+    per_client: usize,
+    max_clients: usize,
+) {
+    clients.clock += 1;
+    let now = clients.clock;
+    if let Some(window) = clients.windows.get_mut(&**client) {
+        window.last_active = now;
+        window.insert(chunk, per_client);
+        return;
+    }
+    if clients.windows.len() >= max_clients {
+        // A new client when the table is full: forget the least recently active.
+        // The scan is bounded by `max_clients` and happens only on a new identity.
+        let oldest = clients
+            .windows
+            .iter()
+            .min_by_key(|(_, w)| w.last_active)
+            .map(|(c, _)| c.clone());
+        if let Some(oldest) = oldest {
+            clients.windows.remove(&oldest);
+        }
+    }
+    let mut window = Window {
+        last_active: now,
+        ..Window::default()
+    };
+    window.insert(chunk, per_client);
+    clients.windows.insert(client.clone(), window);
+}
+
 impl Dedup {
     /// `per_client` chunk ids per identity, at most `max_clients` identities. Returns
     /// `None` when `per_client` is 0 (the feature is off).
@@ -55,7 +175,7 @@ impl Dedup {
         (per_client > 0 && max_clients > 0).then(|| Dedup {
             per_client,
             max_clients,
-            inner: Mutex::new(Clients::default()),
+            inner: Arc::new(Mutex::new(Clients::default())),
         })
     }
 
@@ -68,34 +188,43 @@ impl Dedup {
             .is_some_and(|w| w.ids.contains(chunk))
     }
 
+    /// Whether `chunk` from `client` is new, accepted recently, or in flight; a new one
+    /// is in flight from now on.
+    pub fn check(&self, client: &Arc<str>, chunk: &[u8]) -> Check {
+        let mut clients = lock(&self.inner);
+        if clients
+            .windows
+            .get(&**client)
+            .is_some_and(|w| w.ids.contains(chunk))
+        {
+            return Check::Seen;
+        }
+        let key: FlightKey = (client.clone(), chunk.into());
+        if let Some(outcome) = clients.in_flight.get(&key) {
+            return Check::InFlight(Outcome(outcome.clone()));
+        }
+        let (done, outcome) = watch::channel(false);
+        clients.in_flight.insert(key.clone(), outcome);
+        Check::New(Flight {
+            clients: self.inner.clone(),
+            client: key.0,
+            chunk: key.1,
+            per_client: self.per_client,
+            max_clients: self.max_clients,
+            done: Some(done),
+        })
+    }
+
     /// Records that `chunk` from `client` was accepted.
     pub fn remember(&self, client: &Arc<str>, chunk: &[u8]) {
         let mut clients = lock(&self.inner);
-        clients.clock += 1;
-        let now = clients.clock;
-        if let Some(window) = clients.windows.get_mut(&**client) {
-            window.last_active = now;
-            window.insert(chunk, self.per_client);
-            return;
-        }
-        if clients.windows.len() >= self.max_clients {
-            // A new client when the table is full: forget the least recently active.
-            // The scan is bounded by `max_clients` and happens only on a new identity.
-            let oldest = clients
-                .windows
-                .iter()
-                .min_by_key(|(_, w)| w.last_active)
-                .map(|(c, _)| c.clone());
-            if let Some(oldest) = oldest {
-                clients.windows.remove(&oldest);
-            }
-        }
-        let mut window = Window {
-            last_active: now,
-            ..Window::default()
-        };
-        window.insert(chunk, self.per_client);
-        clients.windows.insert(client.clone(), window);
+        remember(
+            &mut clients,
+            client,
+            chunk,
+            self.per_client,
+            self.max_clients,
+        );
     }
 }
 
@@ -159,5 +288,50 @@ mod tests {
     #[test]
     fn off_when_zero() {
         assert!(Dedup::new(0, 10).is_none());
+    }
+
+    fn new_flight(d: &Dedup, client: &Arc<str>, chunk: &[u8]) -> Flight {
+        match d.check(client, chunk) {
+            Check::New(f) => f,
+            Check::Seen => panic!("seen"),
+            Check::InFlight(_) => panic!("in flight"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resend_in_flight_waits_and_is_then_seen() {
+        let d = Dedup::new(4, 4).unwrap();
+        let a: Arc<str> = "a".into();
+        let flight = new_flight(&d, &a, b"c1");
+        assert_eq!(flight.chunk(), b"c1");
+        let Check::InFlight(outcome) = d.check(&a, b"c1") else {
+            panic!("not in flight")
+        };
+        // Another client's chunk of the same id is its own.
+        assert!(matches!(d.check(&"b".into(), b"c1"), Check::New(_)));
+        let waiter = tokio::spawn(outcome.wait());
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "waits for the outcome");
+        flight.accepted();
+        waiter.await.unwrap();
+        assert!(matches!(d.check(&a, b"c1"), Check::Seen));
+        assert!(lock(&d.inner).in_flight.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_resend_of_a_chunk_given_up_is_handled_as_new() {
+        let d = Dedup::new(4, 4).unwrap();
+        let a: Arc<str> = "a".into();
+        let flight = new_flight(&d, &a, b"c1");
+        let Check::InFlight(outcome) = d.check(&a, b"c1") else {
+            panic!("not in flight")
+        };
+        let waiter = tokio::spawn(outcome.wait());
+        drop(flight);
+        waiter.await.unwrap();
+        assert!(!d.seen("a", b"c1"));
+        let again = new_flight(&d, &a, b"c1");
+        again.accepted();
+        assert!(d.seen("a", b"c1"));
     }
 }

@@ -25,6 +25,9 @@ pub struct Counters {
     /// Requests whose chunk id was accepted before (a client's resend): acked again,
     /// not published again.
     pub requests_duplicate: AtomicU64,
+    /// Resends that arrived while their original (same client, same chunk id) was still
+    /// being handled, and waited for its outcome.
+    pub resend_waits: AtomicU64,
     pub bytes_received: AtomicU64,
     pub heartbeats: AtomicU64,
     /// Requests with `fluent_signal` 1 or 2 (metrics, traces): accepted, not published.
@@ -236,6 +239,12 @@ pub fn render(c: &Counters, tenants: &TenantCounts, rate_limited: &TenantCounts)
         "counter",
         "Resent requests whose chunk id was already accepted: acked again, not republished.",
         get(&c.requests_duplicate),
+    );
+    metric(
+        "fwdgate_resend_waits_total",
+        "counter",
+        "Resent requests that arrived while their original was still being handled, and waited for its outcome.",
+        get(&c.resend_waits),
     );
     metric(
         "fwdgate_signal_requests_total",
@@ -487,7 +496,7 @@ mod tests {
         let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
         let helps = text.lines().filter(|l| l.starts_with("# HELP")).count();
         assert_eq!(types, helps);
-        assert_eq!(types, 37);
+        assert_eq!(types, 38);
     }
 
     #[test]

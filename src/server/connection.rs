@@ -8,7 +8,7 @@ use super::order::{tag_hash, Member, Order};
 use super::socket::{ClientSocket, ReadHook};
 use crate::buffer::spool::SpoolError;
 use crate::buffer::{BufferError, Intake, Receipt, Submission};
-use crate::dedup::Dedup;
+use crate::dedup::{Check, Dedup};
 use crate::expand::{expand_decompressed, ExpandLimits};
 use crate::forward::ack::{encode_ack, encode_json_ack};
 use crate::forward::compression::DecompressError;
@@ -635,9 +635,32 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
                 encode_ack(c)
             }
         });
-        let dedup = shared.dedup.as_ref().zip(chunk.as_ref());
-        if let Some((dedup, chunk)) = dedup {
-            if dedup.seen(&self.identity, chunk) || handoff.holds_chunk(chunk) {
+        let mut flight = None;
+        if let Some((dedup, chunk)) = shared.dedup.as_ref().zip(chunk.as_ref()) {
+            let mut duplicate = handoff.holds_chunk(chunk);
+            while !duplicate && flight.is_none() {
+                match dedup.check(&self.identity, chunk) {
+                    Check::New(f) => flight = Some(f),
+                    Check::Seen => duplicate = true,
+                    Check::InFlight(outcome) => {
+                        // The original is still being handled on another connection.
+                        // Hand off what this one holds first: a connection that waits
+                        // holds no chunk in flight, so no two can wait on each other.
+                        if !handoff.is_empty() {
+                            self.hand_off(handoff, false).await?;
+                        }
+                        // Nor does it hold back the client's other connections: the
+                        // original may be one of them, waiting for its place in the
+                        // order behind this resend (its bytes read later).
+                        if let Some(m) = &self.member {
+                            m.handed_over(None);
+                        }
+                        counters.resend_waits.fetch_add(1, Ordering::Relaxed);
+                        outcome.wait().await;
+                    }
+                }
+            }
+            if duplicate {
                 // A resend after a lost ack: accepted before, so ack it again only.
                 counters.requests_duplicate.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(peer = %self.peer, "duplicate chunk acked again, not republished");
@@ -687,8 +710,7 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
             }
         }
         if let Some(ack) = ack {
-            let remember = shared.dedup.as_ref().and(chunk);
-            handoff.ack(ack, remember);
+            handoff.ack(ack, flight);
         }
         Ok(())
     }
@@ -736,10 +758,8 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
         for receipt in receipts {
             receipt.accepted().await.map_err(buffer_error)?;
         }
-        if let Some(dedup) = &self.shared.dedup {
-            for chunk in handoff.chunks.drain(..) {
-                dedup.remember(&self.identity, &chunk);
-            }
+        for flight in handoff.chunks.drain(..) {
+            flight.accepted();
         }
         if handoff.ack_count > 0 {
             self.stream.write_all(&handoff.acks).await?;

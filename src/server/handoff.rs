@@ -7,6 +7,7 @@
 //! to the publisher alone costs a queue operation, a thread wakeup and an allocation
 //! per record; merged, the cost is paid once per read.
 
+use crate::dedup::Flight;
 use crate::event::RoutedEvents;
 use crate::forward::{Compression, Request};
 use crate::route::{same_bytes, Line, Routed, Span};
@@ -30,8 +31,8 @@ pub struct Handoff {
     pub acks: Vec<u8>,
     /// How many acks `acks` holds.
     pub ack_count: u64,
-    /// Chunk ids to remember as accepted once their batches are handed off.
-    pub chunks: Vec<Bytes>,
+    /// The chunks in flight, to mark accepted once their batches are handed off.
+    pub chunks: Vec<Flight>,
     /// The intake budget the batches' bytes hold (their read buffer, decompressed
     /// entries) until the buffer layer has them.
     pub memory: super::intake_memory::Grant,
@@ -153,8 +154,9 @@ impl Handoff {
         });
     }
 
-    /// Queues an ack and, when duplicates are tracked, the chunk id it acknowledges.
-    pub fn ack(&mut self, ack: Vec<u8>, chunk: Option<Bytes>) {
+    /// Queues an ack and, when duplicates are tracked, the chunk in flight it
+    /// acknowledges.
+    pub fn ack(&mut self, ack: Vec<u8>, chunk: Option<Flight>) {
         self.acks.extend_from_slice(&ack);
         self.ack_count += 1;
         self.chunks.extend(chunk);
@@ -163,7 +165,12 @@ impl Handoff {
     /// True when `chunk` was accepted earlier in this hand-off (a resend read together
     /// with the original).
     pub fn holds_chunk(&self, chunk: &[u8]) -> bool {
-        self.chunks.iter().any(|c| c[..] == *chunk)
+        self.chunks.iter().any(|c| c.chunk() == chunk)
+    }
+
+    /// True when nothing waits to be handed off or acked.
+    pub fn is_empty(&self) -> bool {
+        self.ready.is_empty() && self.merging.is_none() && self.ack_count == 0
     }
 
     /// True when it is time to hand off before taking more requests.
@@ -313,9 +320,15 @@ mod tests {
 
     #[test]
     fn acks_and_chunks_are_kept_in_order() {
+        let dedup = crate::dedup::Dedup::new(4, 4).unwrap();
+        let crate::dedup::Check::New(flight) = dedup.check(&"p".into(), b"c1") else {
+            panic!("c1 is new")
+        };
         let mut h = Handoff::default();
-        h.ack(vec![1, 2], Some(Bytes::from_static(b"c1")));
+        assert!(h.is_empty());
+        h.ack(vec![1, 2], Some(flight));
         h.ack(vec![3], None);
+        assert!(!h.is_empty());
         assert_eq!(h.acks, [1, 2, 3]);
         assert_eq!(h.ack_count, 2);
         assert!(h.holds_chunk(b"c1"));
