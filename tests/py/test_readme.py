@@ -156,6 +156,12 @@ def test_readme_install_and_quick_start(tmp_path, empty_dockerd):
 
 
 COMPOSE_TAIL_LINE = re.compile(rb"^tail_1\s+\| ([0-9a-f]{12}): demo-line-(\d+)\r?$", re.M)
+# `docker-compose up` colours each service's prefix (unless --no-color), also into a pipe
+ANSI_COLOUR = re.compile(rb"\x1b\[[0-9;]*m")
+
+
+def tail_lines(out):
+    return COMPOSE_TAIL_LINE.findall(ANSI_COLOUR.sub(b"", out))
 
 
 def children(pid):
@@ -197,8 +203,8 @@ def test_readme_compose_demo_from_an_empty_image_store(empty_dockerd):
     try:
         for command in commands[:3]:
             shell.type(command)
-        if not shell.read_until(lambda: len(COMPOSE_TAIL_LINE.findall(shell.stdout)) >= 20, 600):
-            fail("docker-compose up did not show 20 of tail's lines within 600 s\n%s" % shell.transcript())
+        if not shell.read_until(lambda: len(tail_lines(shell.stdout)) >= 20, 300):
+            fail("docker-compose up did not show 20 of tail's lines within 300 s\n%s" % shell.transcript())
         ups = [c for c in children(shell.proc.pid) if "docker-compose up" in cmdline(c)]
         assert len(ups) == 1, "docker-compose up among the shell's children: %r" % ups
         os.kill(ups[0], signal.SIGINT)
@@ -210,7 +216,7 @@ def test_readme_compose_demo_from_an_empty_image_store(empty_dockerd):
     finally:
         shell.kill_all()
         # whatever `down` did not remove goes with the daemon's data root
-    lines = COMPOSE_TAIL_LINE.findall(shell.stdout)
+    lines = tail_lines(shell.stdout)
     ids = {cid for cid, _ in lines}
     assert len(ids) == 1, "tail printed lines of %r" % ids
     nums = [int(n) for _, n in lines]
