@@ -174,14 +174,20 @@ def kubernetes_validate(version, files):
 def test_kubernetes_manifests_pass_strict_schema_validation(version):
     # deploy/kubernetes/containerd/ (the agents' way in) has its own checks, in
     # test_deploy_containerd.py
-    on_disk = sorted(str(p) for p in K8S.rglob("*.y*ml") if "containerd" not in p.relative_to(K8S).parts)
-    assert on_disk == sorted(map(str, K8S_FILES)), "manifests on disk and the validated list differ"
-    r = kubernetes_validate(version, K8S_FILES)
+    on_disk = [p for p in K8S.rglob("*.y*ml") if "containerd" not in p.relative_to(K8S).parts]
+    assert_strict_validation(version, on_disk, K8S_FILES, EXPECTED_OBJECTS)
+
+
+def assert_strict_validation(version, on_disk, files, expected_objects):
+    """``files`` are every manifest ``on_disk``, and pass kubernetes-validate --strict
+    for ``version``, each of ``expected_objects`` (kind, name) among them."""
+    assert sorted(map(str, on_disk)) == sorted(map(str, files)), "manifests on disk and the validated list differ"
+    r = kubernetes_validate(version, files)
     out = r.stdout.decode() + r.stderr.decode()
     assert r.returncode == 0, out
     short = ".".join(version.split(".")[:2])
     passed = set(re.findall(r"passed for resource (\w+)/([\w-]+) against version %s" % re.escape(short), out))
-    assert passed == {(kind.lower(), name) for kind, name in EXPECTED_OBJECTS}, out
+    assert passed == {(kind.lower(), name) for kind, name in expected_objects}, out
 
 
 @pytest.mark.parametrize("mutation", ["unknown field", "wrong type"])

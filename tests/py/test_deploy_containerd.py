@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT, run_fwdgate
-from test_deploy import (K8S, K8S_VERSIONS, NAMESPACE, container_port, drain_bound_s, effective_config,
+from test_deploy import (K8S, K8S_VERSIONS, NAMESPACE, assert_strict_validation, container_port, drain_bound_s, effective_config,
                          host_of, k8s_objects, kubernetes_validate, load_docs, port_of)
 
 CONTAINERD = K8S / "containerd"
@@ -249,14 +249,7 @@ def ruby_regexp(expression):
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 def test_containerd_manifests_pass_strict_schema_validation(version):
-    on_disk = sorted(str(p) for p in CONTAINERD.rglob("*.y*ml"))
-    assert on_disk == sorted(map(str, FILES)), "manifests on disk and the validated list differ"
-    r = kubernetes_validate(version, FILES)
-    out = r.stdout.decode() + r.stderr.decode()
-    assert r.returncode == 0, out
-    short = ".".join(version.split(".")[:2])
-    passed = set(re.findall(r"passed for resource (\w+)/([\w-]+) against version %s" % re.escape(short), out))
-    assert passed == {(kind.lower(), name) for kind, name in EXPECTED_OBJECTS}, out
+    assert_strict_validation(version, list(CONTAINERD.rglob("*.y*ml")), FILES, EXPECTED_OBJECTS)
 
 
 def test_containerd_validation_rejects_a_broken_agent(tmp_path):

@@ -12,7 +12,7 @@ import time
 import pytest
 
 import fwd
-from fwd import ack, message, option
+from fwd import ack, option
 from test_metrics import get, metric
 
 T0 = 1700000000
@@ -27,14 +27,20 @@ def request(r, tenant="tr", lines=LINES):
     return fwd.forward("app", entries, option(chunk=chunk)), chunk
 
 
-def drop_then_resend(gw, data, chunk):
-    """Sends ``data`` and closes at once; sends it again on a new connection and
-    returns once that one is acked."""
+def send_drop_and_resend(gw, data):
+    """Sends ``data`` and closes at once; sends it again on a new connection, which is
+    returned (its ack not read yet)."""
     first = socket.create_connection(gw.addr, timeout=10)
     first.sendall(data)
     first.close()
-    with gw.connect() as c:
-        c.send(data)
+    resend = gw.connect()
+    resend.send(data)
+    return resend
+
+
+def drop_then_resend(gw, data, chunk):
+    """`send_drop_and_resend`, returning once the resend is acked."""
+    with send_drop_and_resend(gw, data) as c:
         assert c.recv_exact(len(ack(chunk)), timeout=30) == ack(chunk)
 
 
@@ -84,11 +90,7 @@ def test_a_resend_while_the_original_waits_for_room(start_gateway, subscribe, tm
         c.send(filler)
         assert c.recv_exact(len(ack(filler_chunk)), timeout=10) == ack(filler_chunk)
     data, chunk = request(1)
-    first = socket.create_connection(gw.addr, timeout=10)
-    first.sendall(data)
-    first.close()
-    resend = gw.connect()
-    resend.send(data)
+    resend = send_drop_and_resend(gw, data)
     wait_until(lambda: counters(gw)[1] == 1, "the resend to wait for its original")
     assert resend.read_available(0.3) == b"", "no ack before the original is accepted"
     sub = subscribe(gw)
@@ -108,11 +110,7 @@ def test_a_resend_while_the_original_waits_for_its_place(start_gateway, subscrib
     slow = gw.connect()
     slow.send(earlier[:len(earlier) // 2])
     data, chunk = request(1)
-    first = socket.create_connection(gw.addr, timeout=10)
-    first.sendall(data)
-    first.close()
-    resend = gw.connect()
-    resend.send(data)
+    resend = send_drop_and_resend(gw, data)
     wait_until(lambda: counters(gw)[1] == 1, "the resend to wait for its original")
     slow.send(earlier[len(earlier) // 2:])
     assert slow.recv_exact(len(ack(earlier_chunk)), timeout=10) == ack(earlier_chunk)
