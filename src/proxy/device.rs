@@ -329,6 +329,14 @@ mod tests {
                 bytes_out: 18
             }
         );
+        // The observer thread counts the subscription from the capture socket's copy,
+        // in its own time: wait for it (bounded) rather than race it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while observed.subscribes.load(Ordering::Relaxed) == 0
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         assert_eq!(observed.subscribes.load(Ordering::Relaxed), 1);
 
         let Device {
