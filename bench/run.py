@@ -12,12 +12,15 @@ For each forward-protocol mode it measures, in one run and side by side:
   batch      the gateway in batch format (one message per tenant and service of each
              request) with zmq-count --format batch, full speed (Forward, PackedForward)
              and paced to the target rate (Message, Forward, PackedForward)
+  seed-one-tag  seed with every connection under one tag (fwd-load --tag): one client
+             and tag with 64 connections, every request ordered among them
 
 then the Docker-style lock-step ack case at several rates, each beside its floor:
 
   ack-ref    the same lock-step load answered by fwd-ackref, one epoll thread that
              writes each ack as soon as it reads the request (no decode, no queue, no
              publishing): what the kernel's loopback path alone costs and takes
+  ack-one-tag  the lock-step case with all 200 connections under one tag
 
 the disk spool (`[spool]`) beside the same cases without it:
 
@@ -77,7 +80,8 @@ CONNS = 64
 BATCH_FULL_SPEED = ["forward", "packed"]
 # Case names accepted by --cases.
 CASES = ["raw-zmq", "raw-zmq@rate", "drain", "null", "seed", "seed-nodrop", "batch",
-         "null@rate", "seed@rate", "batch@rate", "ack-ref", "ack", "spool", "replay", "hold", "churn"]
+         "null@rate", "seed@rate", "batch@rate", "ack-ref", "ack", "spool", "replay", "hold", "churn",
+         "seed-one-tag", "ack-one-tag"]
 # Lock-step rate of the spool cases: where the gateway without a spool keeps p99 low.
 SPOOL_ACK_RATE = 25_000
 # Lock-step ack rates (events/s over 200 connections): the target's, and lower ones
@@ -912,7 +916,9 @@ def table(results):
                 "spool-always": "gateway seed, spool `fsync = \"always\"`",
                 "spool-interval": "gateway seed, spool `fsync = \"interval\"`",
                 "ack-spool-always": "lock-step acks, spool `fsync = \"always\"`",
-                "ack-spool-interval": "lock-step acks, spool `fsync = \"interval\"`"}[r["case"]]
+                "ack-spool-interval": "lock-step acks, spool `fsync = \"interval\"`",
+                "seed-one-tag": "gateway seed, 64 conns under one tag",
+                "ack-one-tag": "lock-step acks, 200 conns under one tag, paced"}[r["case"]]
         if r.get("rate"):
             name += f" {r['rate'] / 1000:,.0f}k/s"
         evs = r["events_per_s"]
@@ -1220,6 +1226,10 @@ def main():
             except RuntimeError as e:   # a gateway without output.slow_subscriber
                 log(f"  seed-nodrop skipped: {str(e)[:300]}")
                 nodrop_conf = None
+        # Every connection with the same tag: one client and tag with 64 connections
+        # (a daemon-wide tag, a forwarder's pool), each request ordered among them.
+        add("seed-one-tag", lambda: case_gateway(mode, "seed", args, fs["seconds"], fs["events"],
+                                                 tag="seed-one-tag", extra=["--tag", "docker"]))
         if mode in BATCH_FULL_SPEED:
             add("batch", lambda: case_gateway(mode, "batch", args, fs["seconds"], fs["events"]))
         if mode in RATE_TARGET:
@@ -1235,6 +1245,9 @@ def main():
         add("ack-ref", lambda: case_ackref(args, rate))
         add("ack", lambda: case_gateway("message", "seed", args, args.seconds + 1, 0, rate, "ack",
                                         extra=["--ack"], conns=ACK_CONNS))
+        add("ack-one-tag", lambda: case_gateway("message", "seed", args, args.seconds + 1, 0, rate,
+                                                "ack-one-tag", extra=["--ack", "--tag", "docker"],
+                                                conns=ACK_CONNS))
     if "spool" in wanted:
         log("disk spool")
         for fsync in ("always", "interval"):

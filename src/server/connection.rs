@@ -230,6 +230,7 @@ where
         number: shared.connections.fetch_add(1, Ordering::Relaxed) + 1,
         member,
         last_arrival: 0,
+        unregistered: false,
         head_key: None,
         region_key: 0,
         peer_host: None,
@@ -277,6 +278,9 @@ struct Connection<S> {
     member: Option<Member>,
     /// When the newest bytes of the last read arrived (ns since the epoch).
     last_arrival: u64,
+    /// A read is not told to the member yet: it is, once its complete requests are
+    /// found, so that none of them is taken for one still arriving.
+    unregistered: bool,
     /// When the first byte of the oldest request in the buffer arrived (its key in its
     /// client's order); `None` with an empty buffer.
     head_key: Option<u64>,
@@ -396,11 +400,11 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
                     self.head_key = Some(self.last_arrival);
                 }
             }
-            if let Some(m) = &self.member {
-                match n {
-                    0 => m.read_nothing(),
-                    _ => m.read(self.last_arrival, self.head()),
-                }
+            match (&self.member, n) {
+                (Some(m), 0) => m.read_nothing(),
+                // Told once the requests it completed are found (`handle_buffered`).
+                (Some(_), _) => self.unregistered = true,
+                (None, _) => {}
             }
             if n == 0 {
                 return match self.buf.len() {
@@ -489,7 +493,9 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
             // (Undecided framing means an empty buffer: `next_frame` finds nothing.)
             let mut any = false;
             self.region_key = self.head_key.unwrap_or(self.last_arrival);
-            while let Some(frame) = self.next_frame()? {
+            let mut next = self.next_frame();
+            self.register_read(matches!(next, Ok(Some(_))));
+            while let Some(frame) = next? {
                 let len = frame.len();
                 self.region_alloc = len;
                 self.handle_region(frame, &[len], true, false, Grant::default())
@@ -498,6 +504,7 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
                 if one_request {
                     break;
                 }
+                next = self.next_frame();
             }
             if any {
                 // Every complete request is handed over: what is left is still arriving.
@@ -522,6 +529,7 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
                 }
             }
         }
+        self.register_read(at > 0);
         if at > 0 {
             self.region_alloc = self.buf.capacity();
             let region = self.buf.split_to(at).freeze();
@@ -597,6 +605,16 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
             _ => 0,
         };
         Some((key, tag))
+    }
+
+    /// Tells the member of the last read, if it has not been told: `whole`, the head
+    /// request is complete.
+    fn register_read(&mut self, whole: bool) {
+        if std::mem::take(&mut self.unregistered) {
+            if let Some(m) = &self.member {
+                m.read(self.last_arrival, self.head(), whole);
+            }
+        }
     }
 
     /// Everything read before the head request is handed over: other connections of
@@ -729,24 +747,24 @@ impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> Connection<S> {
             ready.unpin(self.region_alloc);
         }
         for ready in batches {
-            if let Some(member) = &mut self.member {
-                let events = &ready.events;
-                member
-                    .turn(events.tag.get(&events.data), self.region_key)
-                    .await;
-            }
+            // Later requests of this client and tag wait until the buffer has taken
+            // this one (it may wait for room there).
+            let in_line = match &mut self.member {
+                Some(member) => {
+                    let events = &ready.events;
+                    let tag = events.tag.get(&events.data);
+                    Some(member.turn(tag, self.region_key).await)
+                }
+                None => None,
+            };
             let submission = Submission {
                 events: ready.events,
                 frames: ready.frames,
                 received_ns: self.region_key,
             };
-            receipts.push(
-                self.shared
-                    .intake
-                    .submit(submission)
-                    .await
-                    .map_err(buffer_error)?,
-            );
+            let receipt = self.shared.intake.submit(submission).await;
+            drop(in_line);
+            receipts.push(receipt.map_err(buffer_error)?);
         }
         // The buffer layer holds them now, under its own budget.
         handoff.memory = Grant::default();

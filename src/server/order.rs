@@ -26,10 +26,18 @@
 //! a few atomic operations per read, no lock. A connection whose tag is not known yet
 //! (it has not handed over a request) is a newcomer: every connection of its client
 //! looks at it until it has, or has sent nothing for [`NEWCOMER_WINDOW`].
+//!
+//! Many connections of one client and tag (one daemon-wide tag for every container, a
+//! forwarder's connection pool, a backlog of connections after a collector outage)
+//! cost O(log n) per request, not O(n): the connections of a tag are indexed by how far
+//! they have read and by their oldest pending request, so a request looks only at those
+//! that began earlier or have not read as far as its first byte; and requests waiting
+//! for their turn queue in key order, where only the first one looks (whatever holds it
+//! back holds back those behind it too) and each is woken once, when it becomes first.
 
 use crate::metrics::Counters;
 use crate::sync::lock;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,11 +50,18 @@ const NONE: u64 = u64::MAX;
 /// How long a connection that has read nothing counts as a newcomer.
 const NEWCOMER_WINDOW: Duration = Duration::from_secs(2);
 
-/// How often a waiting connection looks again without being woken (the connection it
-/// waits for may not have run yet), and the longest it waits in all: past that it goes
-/// on and counts it.
+/// How often the first waiting request looks again without being woken (the connection
+/// it waits for may not have run yet), and the longest a request waits in all: past
+/// that it goes on and counts it.
 const RECHECK: Duration = Duration::from_millis(2);
 const MAX_WAIT: Duration = Duration::from_secs(1);
+const MAX_WAIT_NS: u64 = MAX_WAIT.as_nanos() as u64;
+
+/// How long bytes may take from the kernel's receive timestamp to the socket's queue
+/// (the stamp is taken as the packet comes in; it is queued to the socket a little
+/// later, in the same softirq). A socket found empty at time T has had everything
+/// stamped before T minus this read, so its connection counts as read through then.
+const QUEUEING_MARGIN_NS: u64 = 10_000_000;
 
 /// Every client's connections, by client.
 #[derive(Default)]
@@ -63,7 +78,7 @@ struct Client {
     state: Mutex<ClientState>,
     /// Newcomers among its connections (read without the lock on the fast path).
     newcomers: AtomicUsize,
-    /// Connections waiting for their turn: others wake them when they progress.
+    /// Requests first in their tag's queue: newcomers wake them when they progress.
     waiters: AtomicUsize,
     changed: Notify,
 }
@@ -75,11 +90,161 @@ struct ClientState {
     newcomers: Vec<Arc<View>>,
 }
 
-/// The connections that carried one tag of one client.
+/// The connections that carried one tag of one client (locks: the client's state, then
+/// a domain's index).
 struct Domain {
-    members: Mutex<Vec<Arc<View>>>,
-    /// How many (read without the lock on the fast path).
+    /// How many (read without the lock): a connection alone in its domain neither
+    /// indexes itself nor looks at anyone.
     count: AtomicUsize,
+    index: Mutex<Index>,
+}
+
+/// A domain's connections, indexed by what decides whether one of them may still hand
+/// over a request that began before a given key; and the requests waiting for their
+/// turn. The indexed values lag the connections' own (each re-indexes itself after it
+/// has updated them): a connection whose request is pending but not indexed yet has not
+/// indexed how far it has read either, so it is found by that.
+#[derive(Default)]
+struct Index {
+    members: HashMap<u64, Indexed>,
+    /// (read through, connection).
+    by_read_through: BTreeSet<(u64, u64)>,
+    /// (key of the oldest pending request, connection), for those with one.
+    by_pending: BTreeSet<(u64, u64)>,
+    /// Requests waiting for their turn by (key, connection); each is woken through its
+    /// own [`Notify`] once it is first.
+    queue: BTreeMap<(u64, u64), Arc<Notify>>,
+    /// Requests that had their turn and are being taken by the buffer (which may wait
+    /// for room as long as nobody takes what it holds), by (key, connection): a later
+    /// request waits for them however long that is, as it would wait for the room.
+    in_line: BTreeSet<(u64, u64)>,
+}
+
+/// Why a request waits.
+#[derive(Debug, PartialEq, Eq)]
+enum Blocker {
+    /// An earlier request may still come: waited for up to [`MAX_WAIT`].
+    Earlier,
+    /// An earlier request waits for its turn, or is being taken by the buffer: waited
+    /// for as long as that takes (what that one waits for is bounded, or is the
+    /// buffer's room, which this one would wait for too).
+    Behind,
+}
+
+/// One connection of a domain as last indexed.
+struct Indexed {
+    view: Arc<View>,
+    read_through: u64,
+    pending: u64,
+}
+
+impl Index {
+    /// Indexes `view` anew from its current values.
+    fn put(&mut self, view: Arc<View>) {
+        let id = view.id;
+        if let Some(old) = self.members.remove(&id) {
+            self.by_read_through.remove(&(old.read_through, id));
+            self.by_pending.remove(&(old.pending, id));
+        }
+        let read_through = view.read_through.load(Ordering::SeqCst);
+        let pending = view.pending.load(Ordering::SeqCst);
+        self.by_read_through.insert((read_through, id));
+        if pending != NONE {
+            self.by_pending.insert((pending, id));
+        }
+        self.members.insert(
+            id,
+            Indexed {
+                view,
+                read_through,
+                pending,
+            },
+        );
+    }
+
+    /// Indexes connection `id` anew, if it is a member.
+    fn refresh(&mut self, id: u64) {
+        if let Some(view) = self.members.get(&id).map(|m| m.view.clone()) {
+            self.put(view);
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(old) = self.members.remove(&id) {
+            self.by_read_through.remove(&(old.read_through, id));
+            self.by_pending.remove(&(old.pending, id));
+        }
+    }
+
+    /// Wakes the first waiting request: something it may wait for has changed.
+    fn wake_first(&self) {
+        if let Some(first) = self.queue.values().next() {
+            first.notify_one();
+        }
+    }
+
+    /// True when a request of `tag` (hashed) that began at `key` on connection `me`
+    /// waits behind an earlier waiting request.
+    fn queued_behind(&self, key: u64, me: u64) -> bool {
+        self.queue
+            .keys()
+            .next()
+            .is_some_and(|&first| first < (key, me))
+    }
+
+    /// What holds back a request of `tag` (hashed) that began at `key` on connection
+    /// `me`, if anything does among the domain's members.
+    fn blocker(&mut self, key: u64, tag: u64, me: u64, now: u64) -> Option<Blocker> {
+        if self.in_line.range(..(key, me)).next().is_some() {
+            return Some(Blocker::Behind);
+        }
+        self.any_precedes(key, tag, me, now)
+            .then_some(Blocker::Earlier)
+    }
+
+    /// True when a member other than `me` may still hand over a request of `tag`
+    /// (hashed) that began before `key`. Looks only at members whose pending request
+    /// began earlier (within [`MAX_WAIT`]: an older one holds nothing back) or that have
+    /// not read through `key`. Those found read through now are indexed anew, so the
+    /// next request does not ask the kernel about them again.
+    fn any_precedes(&mut self, key: u64, tag: u64, me: u64, now: u64) -> bool {
+        let mut quiet = Vec::new();
+        let found = {
+            let Index {
+                members,
+                by_read_through,
+                by_pending,
+                ..
+            } = &*self;
+            let mut looks = |id: u64| -> bool {
+                let Some(member) = members.get(&id).filter(|_| id != me) else {
+                    return false;
+                };
+                match member.view.check(key, tag, me, now) {
+                    Verdict::Precedes => true,
+                    Verdict::Clear => false,
+                    Verdict::Quiet => {
+                        quiet.push(id);
+                        false
+                    }
+                }
+            };
+            let begun_earlier = by_pending.range(..(key, me));
+            let behind = by_read_through.range(..(key, 0));
+            begun_earlier.chain(behind).any(|&(_, id)| looks(id))
+        };
+        for id in quiet {
+            if let Some(member) = self.members.get(&id) {
+                let through = now.saturating_sub(QUEUEING_MARGIN_NS);
+                member
+                    .view
+                    .read_through
+                    .fetch_max(through, Ordering::SeqCst);
+            }
+            self.refresh(id);
+        }
+        found
+    }
 }
 
 /// What other connections see of one connection.
@@ -90,6 +255,8 @@ struct View {
     accepted: Instant,
     /// True from just before a read until what it read is registered.
     reading: AtomicBool,
+    /// When its last read began (ns since the epoch; 0: never, or not told).
+    read_started: AtomicU64,
     /// Every byte that arrived up to this time (ns since the epoch) has been read.
     read_through: AtomicU64,
     /// The key (first byte's arrival) of its oldest request not handed over yet,
@@ -97,55 +264,101 @@ struct View {
     pending: AtomicU64,
     /// The tag of that request, hashed ([`tag_hash`]); 0 when not known yet.
     pending_tag: AtomicU64,
+    /// That request has arrived whole: it is on its way to its turn, however long ago
+    /// it began.
+    pending_whole: AtomicBool,
     /// Still counted among its client's newcomers.
     newcomer: AtomicBool,
 }
 
+/// What one connection is to a request of another.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// It may still hand over an earlier request of the same tag.
+    Precedes,
+    /// It will not.
+    Clear,
+    /// It will not, and its socket was empty while it was not reading: it has read
+    /// through the time of the look, less [`QUEUEING_MARGIN_NS`].
+    Quiet,
+}
+
 impl View {
-    /// True when this connection may still hand over a request with tag `tag` (hashed)
-    /// whose first byte arrived before `key` (ties go to the older connection). The
-    /// order of the loads matters: see the protocol in [`Member::reading`].
+    /// Whether this connection may still hand over a request with tag `tag` (hashed)
+    /// whose first byte arrived before `key` (ties go to the older connection). `now`:
+    /// the time (ns since the epoch) taken before the look. The order of the loads
+    /// matters: see the protocol in [`Member::reading`].
     ///
     /// A request of its that began [`MAX_WAIT`] or more before `key` and is still
     /// arriving holds nothing back any more: else a client trickling one request (a
     /// slowloris) would hold back each later request of its address for a second, one
     /// after the other, until `limits.request_timeout_ms` cut it off.
-    fn may_precede(&self, key: u64, tag: u64, id: u64) -> bool {
+    fn check(&self, key: u64, tag: u64, id: u64, now: u64) -> Verdict {
+        // Everything that arrived up to `key` is read, and so registered: if its oldest
+        // pending request (registered before that) is not earlier, nothing earlier is
+        // left. No need to ask the kernel.
+        if self.read_through.load(Ordering::SeqCst) >= key {
+            let pending = self.pending.load(Ordering::SeqCst);
+            let whole = self.pending_whole.load(Ordering::SeqCst);
+            if !self.begun_before(pending, whole, key, id, now) {
+                return Verdict::Clear;
+            }
+        }
         let unread = self.fd >= 0 && unread_bytes(self.fd) > 0;
         let reading = self.reading.load(Ordering::SeqCst);
         let read_through = self.read_through.load(Ordering::SeqCst);
         let pending = self.pending.load(Ordering::SeqCst);
         let pending_tag = self.pending_tag.load(Ordering::SeqCst);
-        if pending != NONE && stalled(pending) {
-            // Its request began more than MAX_WAIT ago and is still not whole (a slow
-            // sender, or one waiting for room in the intake budget): as a wait for it
-            // would give up after MAX_WAIT, it holds nothing back, nor does what may
-            // follow it on its connection.
-            return false;
+        let whole = self.pending_whole.load(Ordering::SeqCst);
+        if pending != NONE && !whole && pending.saturating_add(MAX_WAIT_NS) < now {
+            // Still arriving, begun more than MAX_WAIT ago: it holds nothing back, nor
+            // does what may follow it on its connection.
+            return Verdict::Clear;
         }
-        let earlier = (pending < key && key - pending < MAX_WAIT.as_nanos() as u64)
-            || (pending == key && pending != NONE && self.id < id);
         // A request whose tag is not known yet may be of this tag, but only while its
         // bytes are coming in: a client's first write carries the whole tag, so what
         // still lacks it between reads is a client that trickles (a slowloris), and
         // waiting for it would hold back every request of its address.
-        if earlier && (pending_tag == tag || (pending_tag == 0 && (reading || unread))) {
-            return true;
+        if self.begun_before(pending, whole, key, id, now)
+            && (pending_tag == tag || (pending_tag == 0 && (reading || unread)))
+        {
+            return Verdict::Precedes;
         }
-        if read_through >= key {
+        if read_through < key && (reading || unread) {
+            return Verdict::Precedes;
+        }
+        if self.fd >= 0 && !reading && !unread {
+            Verdict::Quiet
+        } else {
+            Verdict::Clear
+        }
+    }
+
+    /// True when a pending request that began at `pending` comes before a request
+    /// that began at `key` on connection `id`, and still holds it back: it has arrived
+    /// whole (`whole`), or it began less than [`MAX_WAIT`] ago. One still arriving
+    /// after that holds nothing back (a wait for it would give up after MAX_WAIT: a
+    /// slow sender, or one waiting for room in the intake budget), nor does what may
+    /// follow it on its connection.
+    fn begun_before(&self, pending: u64, whole: bool, key: u64, id: u64, now: u64) -> bool {
+        if pending == NONE {
             return false;
         }
-        reading || unread
+        if whole {
+            return pending < key || (pending == key && self.id < id);
+        }
+        if pending.saturating_add(MAX_WAIT_NS) < now {
+            return false;
+        }
+        (pending < key && key - pending < MAX_WAIT_NS) || (pending == key && self.id < id)
     }
 }
 
-/// True when a request whose first byte arrived at `key` (ns since the epoch) began
-/// more than [`MAX_WAIT`] ago.
-fn stalled(key: u64) -> bool {
-    let now = std::time::SystemTime::now()
+/// Now, in ns since the epoch (the clock of the kernel's receive timestamps).
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    u128::from(key) + MAX_WAIT.as_nanos() < now
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// A tag's hash for [`View::pending_tag`] (FNV-1a; never 0). A collision only makes a
@@ -185,9 +398,11 @@ impl Order {
             fd,
             accepted: Instant::now(),
             reading: AtomicBool::new(false),
+            read_started: AtomicU64::new(0),
             read_through: AtomicU64::new(0),
             pending: AtomicU64::new(NONE),
             pending_tag: AtomicU64::new(0),
+            pending_whole: AtomicBool::new(false),
             newcomer: AtomicBool::new(true),
         });
         // Under the table's lock, so that a client whose last connection is closing
@@ -232,51 +447,117 @@ impl super::socket::ReadHook for Member {
     }
 }
 
+/// A request's place in its tag's queue; leaving it (also when the wait is cancelled)
+/// wakes the next one.
+struct Queued<'a> {
+    domain: &'a Domain,
+    place: (u64, u64),
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        let mut index = lock(&self.domain.index);
+        index.queue.remove(&self.place);
+        index.wake_first();
+    }
+}
+
+/// A request that had its turn, until the buffer has taken it: later requests of its
+/// client and tag wait for it (see [`Index::in_line`]).
+#[must_use = "the request is in line until this is dropped"]
+pub struct InLine {
+    domain: Option<Arc<Domain>>,
+    place: (u64, u64),
+}
+
+impl Drop for InLine {
+    fn drop(&mut self) {
+        if let Some(domain) = &self.domain {
+            let mut index = lock(&domain.index);
+            index.in_line.remove(&self.place);
+            index.wake_first();
+        }
+    }
+}
+
 impl Member {
     /// Called just before each read.
     ///
     /// The protocol between a connection C and another connection B that checks it:
-    /// C sets `reading`, reads, then sets its head request (`pending_tag`, `pending`),
-    /// then `read_through`, then clears `reading`. B asks the kernel for C's unread
-    /// bytes first, then loads `reading`, `read_through`, `pending` and `pending_tag`,
-    /// in that order. Whatever B sees, a request of C that began before B's is either
-    /// pending, or being read, or unread: B waits.
+    /// C sets `reading`, reads, finds whether its head request is whole, then sets it
+    /// (`pending_tag`, `pending_whole`, `pending`), then `read_through`, then clears
+    /// `reading`. B asks the kernel for C's unread bytes first, then loads `reading`,
+    /// `read_through`, `pending`, `pending_tag` and `pending_whole`, in that order. Whatever B sees, a request of C that began before B's is either
+    /// pending, or being read, or unread: B waits. (B may load `read_through` and then
+    /// `pending` first: if C had read through B's key, its requests that began before
+    /// are registered, and if none is pending any more, none is left.)
     pub fn reading(&self) {
+        self.view.read_started.store(now_ns(), Ordering::Relaxed);
         self.view.reading.store(true, Ordering::SeqCst);
     }
 
-    /// Called after each read that returned bytes arrived up to `arrival`. `head`: the
-    /// key and tag hash of the oldest request not handed over (0: tag not known yet).
-    pub fn read(&self, arrival: u64, head: Option<(u64, u64)>) {
+    /// Called after each read that returned bytes arrived up to `arrival`, once what it
+    /// read has been looked through for complete requests. `head`: the key and tag hash
+    /// of the oldest request not handed over (0: tag not known yet); `whole`: it is
+    /// complete.
+    pub fn read(&self, arrival: u64, head: Option<(u64, u64)>, whole: bool) {
         let v = &self.view;
-        self.set_head(head);
+        self.set_head(head, whole);
         v.read_through.fetch_max(arrival, Ordering::SeqCst);
         v.reading.store(false, Ordering::SeqCst);
+        self.index();
         self.wake();
     }
 
-    /// Called when a read returned nothing (would block, or the end).
+    /// Called when a read returned nothing (would block, or the end). A read that
+    /// found the socket empty shows that everything that arrived before it began (less
+    /// the queueing margin) has been read.
     pub fn read_nothing(&self) {
-        self.view.reading.store(false, Ordering::SeqCst);
+        let v = &self.view;
+        // Not a newcomer's: a newcomer counts as silent while it has read nothing.
+        let started = v.read_started.load(Ordering::Relaxed);
+        if started > 0 && !v.newcomer.load(Ordering::SeqCst) {
+            v.read_through
+                .fetch_max(started.saturating_sub(QUEUEING_MARGIN_NS), Ordering::SeqCst);
+        }
+        v.reading.store(false, Ordering::SeqCst);
+        self.index();
         self.wake();
     }
 
     /// Called when requests were handed over: `head` is the oldest request left (a
     /// partial one), if any.
     pub fn handed_over(&self, head: Option<(u64, u64)>) {
-        if self.set_head(head) {
+        if self.set_head(head, false) {
+            self.index();
             self.wake();
         }
     }
 
     /// Sets the head request; true when it changed.
-    fn set_head(&self, head: Option<(u64, u64)>) -> bool {
+    fn set_head(&self, head: Option<(u64, u64)>, whole: bool) -> bool {
         let v = &self.view;
         let (key, tag) = head.unwrap_or((NONE, 0));
         v.pending_tag.store(tag, Ordering::SeqCst);
+        v.pending_whole.store(whole, Ordering::SeqCst);
         v.pending.swap(key, Ordering::SeqCst) != key
     }
 
+    /// Indexes this connection anew in each of its domains that has others, and wakes
+    /// the request first in their queues. (A domain it is alone in is indexed by the
+    /// next connection that joins it: that one counts itself in first, so either this
+    /// one sees it and indexes, or it sees this one's values.)
+    fn index(&self) {
+        for (_, domain) in &self.domains {
+            if domain.count.load(Ordering::SeqCst) > 1 {
+                let mut index = lock(&domain.index);
+                index.refresh(self.view.id);
+                index.wake_first();
+            }
+        }
+    }
+
+    /// Wakes the requests first in their queues that look at newcomers.
     fn wake(&self) {
         if self.client.waiters.load(Ordering::SeqCst) > 0 {
             self.client.changed.notify_waiters();
@@ -284,25 +565,73 @@ impl Member {
     }
 
     /// Waits until requests with `tag` whose first byte arrived at `arrival` may be
-    /// handed over.
-    pub async fn turn(&mut self, tag: &[u8], arrival: u64) {
+    /// handed over; they are in line until the returned value is dropped, once the
+    /// buffer has taken them.
+    pub async fn turn(&mut self, tag: &[u8], arrival: u64) -> InLine {
         let domain = self.domain(tag);
+        let me = self.view.id;
+        let place = (arrival, me);
         // Alone in the domain, no newcomer about: nobody can come first.
         if self.client.newcomers.load(Ordering::SeqCst) == 0
             && domain.count.load(Ordering::SeqCst) <= 1
         {
-            return;
+            return InLine {
+                domain: None,
+                place,
+            };
         }
-        let started = Instant::now();
+        let tag = tag_hash(tag);
+        // Since when only requests still to come hold it back (the time it waits for
+        // those is bounded).
+        let mut held_since = Instant::now();
+        let woken = Arc::new(Notify::new());
+        let mut queued: Option<Queued> = None;
         let mut waited = false;
         loop {
-            let changed = self.client.changed.notified();
-            tokio::pin!(changed);
+            // Listened to before looking, so that no wake is missed between the two; by
+            // the first waiting request only (the others wait for their own wake).
+            let mut changed = Box::pin(self.client.changed.notified());
             changed.as_mut().enable();
-            if !self.must_wait(&domain, arrival, tag_hash(tag)) {
+            let (blocker, first) = {
+                let mut state = lock(&self.client.state);
+                let mut index = lock(&domain.index);
+                // Behind an earlier waiting request: what holds that one back holds
+                // back this one too, and it goes first. Only the first looks; the
+                // others are woken one by one as they become first.
+                let first = !index.queued_behind(arrival, me);
+                let blocker = if first {
+                    index.blocker(arrival, tag, me, now_ns()).or_else(|| {
+                        self.newcomer_precedes(&mut state, arrival, tag)
+                            .then_some(Blocker::Earlier)
+                    })
+                } else {
+                    Some(Blocker::Behind)
+                };
+                match &blocker {
+                    None => {
+                        index.in_line.insert(place);
+                    }
+                    Some(_) if queued.is_none() => {
+                        index.queue.insert(place, woken.clone());
+                    }
+                    Some(_) => {}
+                }
+                (blocker, first)
+            };
+            let Some(blocker) = blocker else {
                 break;
+            };
+            if queued.is_none() {
+                queued = Some(Queued {
+                    domain: &domain,
+                    place,
+                });
             }
-            if started.elapsed() >= MAX_WAIT {
+            if blocker == Blocker::Behind {
+                // No time limit for these.
+                held_since = Instant::now();
+            } else if held_since.elapsed() >= MAX_WAIT {
+                lock(&domain.index).in_line.insert(place);
                 self.order
                     .counters
                     .order_wait_timeouts
@@ -317,27 +646,42 @@ impl Member {
                     .order_waits
                     .fetch_add(1, Ordering::Relaxed);
             }
-            self.client.waiters.fetch_add(1, Ordering::SeqCst);
-            let _ = tokio::time::timeout(RECHECK, changed).await;
-            self.client.waiters.fetch_sub(1, Ordering::SeqCst);
+            let left = MAX_WAIT.saturating_sub(held_since.elapsed());
+            // A request in line wakes the first one when the buffer has taken it.
+            let recheck = match blocker {
+                Blocker::Behind => left,
+                Blocker::Earlier => RECHECK.min(left),
+            };
+            if first {
+                self.client.waiters.fetch_add(1, Ordering::SeqCst);
+                tokio::select! {
+                    _ = woken.notified() => {}
+                    _ = changed.as_mut() => {}
+                    _ = tokio::time::sleep(recheck) => {}
+                }
+                self.client.waiters.fetch_sub(1, Ordering::SeqCst);
+            } else {
+                drop(changed);
+                let _ = tokio::time::timeout(left, woken.notified()).await;
+            }
+        }
+        drop(queued);
+        InLine {
+            domain: Some(domain),
+            place,
         }
     }
 
-    /// True while another connection of the domain, or a newcomer, may still hand
-    /// over a request of the same tag that began earlier.
-    fn must_wait(&self, domain: &Domain, arrival: u64, tag: u64) -> bool {
+    /// True while a newcomer of the client may still hand over a request of `tag`
+    /// that began before `arrival`.
+    fn newcomer_precedes(&self, state: &mut ClientState, arrival: u64, tag: u64) -> bool {
+        self.expire_newcomers(state);
         let me = self.view.id;
-        let others = |views: &[Arc<View>]| {
-            views
-                .iter()
-                .any(|v| v.id != me && v.may_precede(arrival, tag, me))
-        };
-        if others(&lock(&domain.members)) {
-            return true;
-        }
-        let mut state = lock(&self.client.state);
-        self.expire_newcomers(&mut state);
-        others(&state.newcomers)
+        let now = now_ns();
+        state
+            .newcomers
+            .iter()
+            .any(|v| v.id != me && v.check(arrival, tag, me, now) == Verdict::Precedes)
     }
 
     /// Newcomers that have read nothing within the window stop counting: a client
@@ -371,13 +715,28 @@ impl Member {
                 .entry(tag.into())
                 .or_insert_with(|| {
                     Arc::new(Domain {
-                        members: Mutex::new(Vec::new()),
                         count: AtomicUsize::new(0),
+                        index: Mutex::new(Index::default()),
                     })
                 })
                 .clone();
-            lock(&domain.members).push(self.view.clone());
-            domain.count.fetch_add(1, Ordering::SeqCst);
+            let before = domain.count.fetch_add(1, Ordering::SeqCst);
+            {
+                let mut index = lock(&domain.index);
+                index.put(self.view.clone());
+                if before == 1 {
+                    // The one member there did not index itself while it was alone.
+                    let others: Vec<u64> = index
+                        .members
+                        .keys()
+                        .copied()
+                        .filter(|&id| id != self.view.id)
+                        .collect();
+                    for id in others {
+                        index.refresh(id);
+                    }
+                }
+            }
             if self.view.newcomer.swap(false, Ordering::SeqCst) {
                 state.newcomers.retain(|v| v.id != self.view.id);
                 self.client.newcomers.fetch_sub(1, Ordering::SeqCst);
@@ -399,11 +758,12 @@ impl Drop for Member {
             let mut clients = lock(&self.order.clients);
             let mut state = lock(&self.client.state);
             for (tag, domain) in self.domains.drain(..) {
-                let mut members = lock(&domain.members);
-                members.retain(|v| v.id != id);
+                let mut index = lock(&domain.index);
+                index.remove(id);
+                index.wake_first();
                 domain.count.fetch_sub(1, Ordering::SeqCst);
-                if members.is_empty() {
-                    drop(members);
+                if index.members.is_empty() {
+                    drop(index);
                     state.domains.remove(&tag);
                 }
             }
@@ -441,8 +801,8 @@ mod tests {
     async fn two_of_app(order: &Arc<Order>, id: &Arc<str>) -> (Member, Member) {
         let mut a = order.join(id, -1);
         let mut b = order.join(id, -1);
-        a.turn(b"app", 0).await;
-        b.turn(b"app", 0).await;
+        drop(a.turn(b"app", 0).await);
+        drop(b.turn(b"app", 0).await);
         (a, b)
     }
 
@@ -461,12 +821,12 @@ mod tests {
         let mut a = order.join(&id, -1);
         let mut b = order.join(&id, -1);
         a.reading();
-        a.read(100, Some((100, tag_hash(b"web"))));
-        a.turn(b"web", 100).await;
+        a.read(100, Some((100, tag_hash(b"web"))), false);
+        drop(a.turn(b"web", 100).await);
         a.handed_over(None);
         b.reading();
-        b.read(200, Some((200, tag_hash(b"db"))));
-        b.turn(b"db", 200).await;
+        b.read(200, Some((200, tag_hash(b"db"))), false);
+        drop(b.turn(b"db", 200).await);
         b.handed_over(None);
         assert_eq!(order.counters.order_waits.load(Ordering::Relaxed), 0);
     }
@@ -480,16 +840,16 @@ mod tests {
         // The early request of "app" began at 100 and is not handed over yet; the
         // late one (began at 200) must wait for it.
         early.reading();
-        early.read(t + 100, Some((t + 100, tag_hash(b"app"))));
+        early.read(t + 100, Some((t + 100, tag_hash(b"app"))), false);
         late.reading();
-        late.read(t + 200, Some((t + 200, tag_hash(b"app"))));
+        late.read(t + 200, Some((t + 200, tag_hash(b"app"))), false);
         let waiting = tokio::spawn(async move {
-            late.turn(b"app", t + 200).await;
+            drop(late.turn(b"app", t + 200).await);
             late
         });
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
-        early.turn(b"app", t + 100).await;
+        drop(early.turn(b"app", t + 100).await);
         early.handed_over(None);
         let late = waiting.await.unwrap();
         late.handed_over(None);
@@ -506,17 +866,17 @@ mod tests {
         let id: Arc<str> = "10.0.0.1".into();
         let mut slow = order.join(&id, -1);
         let mut quick = order.join(&id, -1);
-        slow.turn(b"app", 0).await;
-        quick.turn(b"app", 0).await;
+        drop(slow.turn(b"app", 0).await);
+        drop(quick.turn(b"app", 0).await);
         // A request (tag not known yet) began at 1 s and is still arriving, a byte now
         // and then; requests that began a second or more after it do not wait for it.
         let second = MAX_WAIT.as_nanos() as u64;
         slow.reading();
-        slow.read(second + 5, Some((second, 0)));
+        slow.read(second + 5, Some((second, 0)), false);
         for k in 2..5 {
             quick.reading();
-            quick.read(k * second, Some((k * second, tag_hash(b"app"))));
-            quick.turn(b"app", k * second).await;
+            quick.read(k * second, Some((k * second, tag_hash(b"app"))), false);
+            drop(quick.turn(b"app", k * second).await);
             quick.handed_over(None);
         }
         assert_eq!(order.counters.order_waits.load(Ordering::Relaxed), 0);
@@ -531,12 +891,12 @@ mod tests {
         // The early request's first read lacked its tag, and more of it is being read:
         // it may be "app", so the late one waits.
         early.reading();
-        early.read(t + 100, Some((t + 100, 0)));
+        early.read(t + 100, Some((t + 100, 0)), false);
         early.reading();
         late.reading();
-        late.read(t + 200, Some((t + 200, tag_hash(b"app"))));
+        late.read(t + 200, Some((t + 200, tag_hash(b"app"))), false);
         let waiting = tokio::spawn(async move {
-            late.turn(b"app", t + 200).await;
+            drop(late.turn(b"app", t + 200).await);
             late
         });
         tokio::task::yield_now().await;
@@ -561,9 +921,9 @@ mod tests {
         let t = now();
         let (slow, mut quick) = two_of_app(&order, &id).await;
         // A request of tag "other" began at 100 and is still arriving.
-        slow.read(t + 100, Some((t + 100, tag_hash(b"other"))));
-        quick.read(t + 200, Some((t + 200, tag_hash(b"app"))));
-        quick.turn(b"app", t + 200).await;
+        slow.read(t + 100, Some((t + 100, tag_hash(b"other"))), false);
+        quick.read(t + 200, Some((t + 200, tag_hash(b"app"))), false);
+        drop(quick.turn(b"app", t + 200).await);
         quick.handed_over(None);
         assert_eq!(order.counters.order_waits.load(Ordering::Relaxed), 0);
     }
@@ -577,10 +937,10 @@ mod tests {
         // Its first byte came two seconds ago, and it is still being read.
         let long_ago = t - 2_000_000_000;
         slow.reading();
-        slow.read(long_ago, Some((long_ago, tag_hash(b"app"))));
+        slow.read(long_ago, Some((long_ago, tag_hash(b"app"))), false);
         slow.reading();
-        quick.read(t, Some((t, tag_hash(b"app"))));
-        quick.turn(b"app", t).await;
+        quick.read(t, Some((t, tag_hash(b"app"))), false);
+        drop(quick.turn(b"app", t).await);
         assert_eq!(order.counters.order_waits.load(Ordering::Relaxed), 0);
     }
 
@@ -589,10 +949,120 @@ mod tests {
         let order = Arc::new(Order::default());
         let id: Arc<str> = "10.0.0.1".into();
         let mut a = order.join(&id, -1);
-        a.turn(b"x", 1).await;
+        drop(a.turn(b"x", 1).await);
         let b = order.join(&id, -1);
         drop(a);
         drop(b);
         assert!(lock(&order.clients).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_whole_request_holds_back_however_long_ago_it_began() {
+        let order = Arc::new(Order::default());
+        let id: Arc<str> = "10.0.0.1".into();
+        let t = now();
+        let (mut early, mut late) = two_of_app(&order, &id).await;
+        // Arrived whole two seconds ago (its connection's task is slow to get to it):
+        // not a request still arriving, so a later one waits for it.
+        let long_ago = t - 2_000_000_000;
+        early.reading();
+        early.read(long_ago, Some((long_ago, tag_hash(b"app"))), true);
+        late.reading();
+        late.read(t, Some((t, tag_hash(b"app"))), true);
+        let waiting = tokio::spawn(async move {
+            drop(late.turn(b"app", t).await);
+            late
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
+        drop(early.turn(b"app", long_ago).await);
+        early.handed_over(None);
+        let late = waiting.await.unwrap();
+        late.handed_over(None);
+        assert_eq!(
+            order.counters.order_wait_timeouts.load(Ordering::Relaxed),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_in_line_holds_back_later_ones_until_the_buffer_took_it() {
+        let order = Arc::new(Order::default());
+        let id: Arc<str> = "10.0.0.1".into();
+        let t = now();
+        let (mut early, mut late) = two_of_app(&order, &id).await;
+        early.read(t, Some((t, tag_hash(b"app"))), true);
+        late.read(t + 1, Some((t + 1, tag_hash(b"app"))), true);
+        // Its turn is taken; the buffer has no room for it yet (nobody subscribed).
+        let in_line = early.turn(b"app", t).await;
+        let waiting = tokio::spawn(async move {
+            drop(late.turn(b"app", t + 1).await);
+            late
+        });
+        // Longer than any wait for a request still to come: it still waits.
+        tokio::time::sleep(MAX_WAIT + Duration::from_millis(200)).await;
+        assert!(!waiting.is_finished());
+        drop(in_line);
+        early.handed_over(None);
+        let late = waiting.await.unwrap();
+        drop(late);
+        assert_eq!(
+            order.counters.order_wait_timeouts.load(Ordering::Relaxed),
+            0
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn many_waiting_requests_go_in_the_order_they_arrived() {
+        let order = Arc::new(Order::default());
+        let id: Arc<str> = "10.0.0.1".into();
+        let t = now();
+        let n = 300u64;
+        let mut members = Vec::new();
+        for k in 0..n {
+            let mut m = order.join(&id, -1);
+            drop(m.turn(b"app", 0).await);
+            m.read(t + k, Some((t + k, tag_hash(b"app"))), true);
+            members.push(m);
+        }
+        // The first takes its turn and waits for the buffer's room; the others come to
+        // theirs latest first.
+        let mut first = members.remove(0);
+        let in_line = first.turn(b"app", t).await;
+        let (passed, mut passes) = tokio::sync::mpsc::unbounded_channel();
+        let mut tasks = Vec::new();
+        for (k, mut m) in members.into_iter().enumerate().rev() {
+            let passed = passed.clone();
+            let key = t + k as u64 + 1;
+            tasks.push(tokio::spawn(async move {
+                let in_line = m.turn(b"app", key).await;
+                passed.send(key).unwrap();
+                drop(in_line);
+                m.handed_over(None);
+                m
+            }));
+        }
+        drop(passed);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            passes.try_recv().is_err(),
+            "one went before the first was taken"
+        );
+        drop(in_line);
+        first.handed_over(None);
+        let mut keys = Vec::new();
+        while let Some(key) = passes.recv().await {
+            keys.push(key);
+        }
+        let sorted: Vec<u64> = (1..n).map(|k| t + k).collect();
+        assert_eq!(keys, sorted);
+        for task in tasks {
+            drop(task.await.unwrap());
+        }
+        assert_eq!(
+            order.counters.order_wait_timeouts.load(Ordering::Relaxed),
+            0
+        );
+        assert!(lock(&order.clients).len() == 1);
     }
 }

@@ -21,8 +21,10 @@
 //! ```text
 //! fwd-load --addr 127.0.0.1:24224 --mode message|forward|packed|compressed
 //!          [--connections 64] [--events N] [--seconds S] [--batch 1000]
-//!          [--message-batch 100] [--ack] [--rate EVENTS_PER_S]
+//!          [--message-batch 100] [--ack] [--rate EVENTS_PER_S] [--tag TAG]
 //! ```
+//!
+//! `--tag TAG` gives every connection the same tag (by default each has its own).
 //!
 //! Prints one JSON line on stdout.
 
@@ -55,8 +57,15 @@ struct Unit {
     requests: u64,
 }
 
+/// `--tag`: one tag for every connection (one client and tag with many connections, as
+/// containers logging with a daemon-wide tag, or a forwarder's connection pool).
+static SHARED_TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn tag(sender: u32) -> Vec<u8> {
-    format!("docker.{}", &container_id(sender)[..12]).into_bytes()
+    match SHARED_TAG.get() {
+        Some(t) => t.clone().into_bytes(),
+        None => format!("docker.{}", &container_id(sender)[..12]).into_bytes(),
+    }
 }
 
 /// Option map: `size` for the batch modes, `compressed` when gzip, `chunk` when acked.
@@ -457,6 +466,10 @@ fn main() {
     let msg_batch: usize = if ack { 1 } else { a.num("message-batch", 100) };
     let final_ack = !a.flag("no-final-ack");
     let rate: f64 = a.num("rate", 0.0);
+    let shared_tag = a.str("tag", "");
+    if !shared_tag.is_empty() {
+        let _ = SHARED_TAG.set(shared_tag);
+    }
     assert!(
         conns > 0 && conns < UNTRACKED_SENDER,
         "--connections out of range"
