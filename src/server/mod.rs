@@ -11,6 +11,7 @@ mod intake_memory;
 mod listener;
 mod live;
 mod order;
+mod readiness;
 mod reload;
 mod replay;
 mod socket;

@@ -35,6 +35,7 @@
 //! for their turn queue in key order, where only the first one looks (whatever holds it
 //! back holds back those behind it too) and each is woken once, when it becomes first.
 
+use super::readiness::Readiness;
 use crate::metrics::Counters;
 use crate::sync::lock;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -96,6 +97,10 @@ struct Domain {
     /// How many (read without the lock): a connection alone in its domain neither
     /// indexes itself nor looks at anyone.
     count: AtomicUsize,
+    /// Members between the start of a read and the moment what it read is indexed.
+    /// While none is, a request need look only at members with an earlier pending
+    /// request or unread bytes, not at every one that has not read as far as its key.
+    readers: AtomicUsize,
     index: Mutex<Index>,
 }
 
@@ -118,6 +123,11 @@ struct Index {
     /// for room as long as nobody takes what it holds), by (key, connection): a later
     /// request waits for them however long that is, as it would wait for the room.
     in_line: BTreeSet<(u64, u64)>,
+    /// The members' sockets, to learn which have unread bytes in one system call; made
+    /// when a second member joins (`None` before, or when the kernel refused one).
+    readiness: Option<Readiness>,
+    /// How many members' sockets are in it.
+    watched: usize,
 }
 
 /// Why a request waits.
@@ -169,7 +179,35 @@ impl Index {
         }
     }
 
+    /// Adds a member.
+    fn join(&mut self, view: Arc<View>) {
+        if self.readiness.is_none() && !self.members.is_empty() {
+            // A second member: from now on requests look at the others.
+            self.readiness = Readiness::new().ok();
+            let first: Vec<Arc<View>> = self.members.values().map(|m| m.view.clone()).collect();
+            for v in first {
+                self.watch(&v);
+            }
+        }
+        self.watch(&view);
+        self.put(view);
+    }
+
+    fn watch(&mut self, view: &View) {
+        if let Some(r) = &self.readiness {
+            if view.fd >= 0 && r.add(view.fd, view.id).is_ok() {
+                self.watched += 1;
+            }
+        }
+    }
+
     fn remove(&mut self, id: u64) {
+        if let (Some(r), Some(m)) = (&self.readiness, self.members.get(&id)) {
+            if m.view.fd >= 0 {
+                r.remove(m.view.fd);
+                self.watched = self.watched.saturating_sub(1);
+            }
+        }
         if let Some(old) = self.members.remove(&id) {
             self.by_read_through.remove(&(old.read_through, id));
             self.by_pending.remove(&(old.pending, id));
@@ -194,21 +232,57 @@ impl Index {
 
     /// What holds back a request of `tag` (hashed) that began at `key` on connection
     /// `me`, if anything does among the domain's members.
-    fn blocker(&mut self, key: u64, tag: u64, me: u64, now: u64) -> Option<Blocker> {
+    /// `readers`: the domain's [`Domain::readers`].
+    fn blocker(
+        &mut self,
+        key: u64,
+        tag: u64,
+        me: u64,
+        now: u64,
+        readers: &AtomicUsize,
+    ) -> Option<Blocker> {
         if self.in_line.range(..(key, me)).next().is_some() {
             return Some(Blocker::Behind);
         }
-        self.any_precedes(key, tag, me, now)
+        self.any_precedes(key, tag, me, now, readers)
             .then_some(Blocker::Earlier)
     }
 
     /// True when a member other than `me` may still hand over a request of `tag`
     /// (hashed) that began before `key`. Looks only at members whose pending request
-    /// began earlier (within [`MAX_WAIT`]: an older one holds nothing back) or that have
-    /// not read through `key`. Those found read through now are indexed anew, so the
-    /// next request does not ask the kernel about them again.
-    fn any_precedes(&mut self, key: u64, tag: u64, me: u64, now: u64) -> bool {
+    /// began earlier or that have not read through `key`, and asks the kernel once
+    /// which of them have unread bytes (then, to be sure, each of those). Those found
+    /// read through now are indexed anew, so the next request does not look at them
+    /// again unless it began later. `now` was taken before this call.
+    fn any_precedes(
+        &mut self,
+        key: u64,
+        tag: u64,
+        me: u64,
+        now: u64,
+        readers: &AtomicUsize,
+    ) -> bool {
         let mut quiet = Vec::new();
+        let watched = self.watched;
+        let ready = self.readiness.as_mut().and_then(|r| r.ready(watched));
+        // Loaded after the poll: a member whose read emptied its socket before the poll
+        // counted itself a reader before that read, and until what it read is indexed.
+        if let Some(ready) = ready
+            .as_ref()
+            .filter(|_| readers.load(Ordering::SeqCst) == 0)
+        {
+            // Nobody is reading: a member with no earlier request indexed and nothing
+            // unread has nothing earlier to hand over.
+            let members = &self.members;
+            let earlier = self.by_pending.range(..(key, me)).map(|&(_, id)| id);
+            return earlier.chain(ready.iter().copied()).any(|id| {
+                let empty = !ready.contains(&id);
+                members
+                    .get(&id)
+                    .filter(|_| id != me)
+                    .is_some_and(|m| m.view.check(key, tag, me, now, empty) == Verdict::Precedes)
+            });
+        }
         let found = {
             let Index {
                 members,
@@ -220,7 +294,9 @@ impl Index {
                 let Some(member) = members.get(&id).filter(|_| id != me) else {
                     return false;
                 };
-                match member.view.check(key, tag, me, now) {
+                // Not readable: no unread bytes. Readable: bytes, or the peer's end.
+                let empty = ready.as_ref().is_some_and(|r| !r.contains(&id));
+                match member.view.check(key, tag, me, now, empty) {
                     Verdict::Precedes => true,
                     Verdict::Clear => false,
                     Verdict::Quiet => {
@@ -269,6 +345,8 @@ struct View {
     pending_whole: AtomicBool,
     /// Still counted among its client's newcomers.
     newcomer: AtomicBool,
+    /// Counted in its domains' [`Domain::readers`].
+    counted_reader: AtomicBool,
 }
 
 /// What one connection is to a request of another.
@@ -293,7 +371,10 @@ impl View {
     /// arriving holds nothing back any more: else a client trickling one request (a
     /// slowloris) would hold back each later request of its address for a second, one
     /// after the other, until `limits.request_timeout_ms` cut it off.
-    fn check(&self, key: u64, tag: u64, id: u64, now: u64) -> Verdict {
+    ///
+    /// `empty`: its socket is known to hold nothing unread (learnt after `now`); else
+    /// the kernel is asked here.
+    fn check(&self, key: u64, tag: u64, id: u64, now: u64, empty: bool) -> Verdict {
         // Everything that arrived up to `key` is read, and so registered: if its oldest
         // pending request (registered before that) is not earlier, nothing earlier is
         // left. No need to ask the kernel.
@@ -304,7 +385,7 @@ impl View {
                 return Verdict::Clear;
             }
         }
-        let unread = self.fd >= 0 && unread_bytes(self.fd) > 0;
+        let unread = !empty && self.fd >= 0 && unread_bytes(self.fd) > 0;
         let reading = self.reading.load(Ordering::SeqCst);
         let read_through = self.read_through.load(Ordering::SeqCst);
         let pending = self.pending.load(Ordering::SeqCst);
@@ -404,6 +485,7 @@ impl Order {
             pending_tag: AtomicU64::new(0),
             pending_whole: AtomicBool::new(false),
             newcomer: AtomicBool::new(true),
+            counted_reader: AtomicBool::new(false),
         });
         // Under the table's lock, so that a client whose last connection is closing
         // is not taken over half-removed (locks: the table, then the client).
@@ -492,8 +574,23 @@ impl Member {
     /// `pending` first: if C had read through B's key, its requests that began before
     /// are registered, and if none is pending any more, none is left.)
     pub fn reading(&self) {
+        if !self.view.counted_reader.swap(true, Ordering::SeqCst) {
+            for (_, domain) in &self.domains {
+                domain.readers.fetch_add(1, Ordering::SeqCst);
+            }
+        }
         self.view.read_started.store(now_ns(), Ordering::Relaxed);
         self.view.reading.store(true, Ordering::SeqCst);
+    }
+
+    /// What was read is registered and indexed: no longer a reader. (Domains are joined
+    /// only between reads, in [`Member::turn`].)
+    fn done_reading(&self) {
+        if self.view.counted_reader.swap(false, Ordering::SeqCst) {
+            for (_, domain) in &self.domains {
+                domain.readers.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
     }
 
     /// Called after each read that returned bytes arrived up to `arrival`, once what it
@@ -506,6 +603,7 @@ impl Member {
         v.read_through.fetch_max(arrival, Ordering::SeqCst);
         v.reading.store(false, Ordering::SeqCst);
         self.index();
+        self.done_reading();
         self.wake();
     }
 
@@ -522,6 +620,7 @@ impl Member {
         }
         v.reading.store(false, Ordering::SeqCst);
         self.index();
+        self.done_reading();
         self.wake();
     }
 
@@ -600,10 +699,12 @@ impl Member {
                 // others are woken one by one as they become first.
                 let first = !index.queued_behind(arrival, me);
                 let blocker = if first {
-                    index.blocker(arrival, tag, me, now_ns()).or_else(|| {
-                        self.newcomer_precedes(&mut state, arrival, tag)
-                            .then_some(Blocker::Earlier)
-                    })
+                    index
+                        .blocker(arrival, tag, me, now_ns(), &domain.readers)
+                        .or_else(|| {
+                            self.newcomer_precedes(&mut state, arrival, tag)
+                                .then_some(Blocker::Earlier)
+                        })
                 } else {
                     Some(Blocker::Behind)
                 };
@@ -681,7 +782,7 @@ impl Member {
         state
             .newcomers
             .iter()
-            .any(|v| v.id != me && v.check(arrival, tag, me, now) == Verdict::Precedes)
+            .any(|v| v.id != me && v.check(arrival, tag, me, now, false) == Verdict::Precedes)
     }
 
     /// Newcomers that have read nothing within the window stop counting: a client
@@ -716,6 +817,7 @@ impl Member {
                 .or_insert_with(|| {
                     Arc::new(Domain {
                         count: AtomicUsize::new(0),
+                        readers: AtomicUsize::new(0),
                         index: Mutex::new(Index::default()),
                     })
                 })
@@ -723,7 +825,7 @@ impl Member {
             let before = domain.count.fetch_add(1, Ordering::SeqCst);
             {
                 let mut index = lock(&domain.index);
-                index.put(self.view.clone());
+                index.join(self.view.clone());
                 if before == 1 {
                     // The one member there did not index itself while it was alone.
                     let others: Vec<u64> = index
@@ -753,6 +855,8 @@ impl Drop for Member {
     /// dropped first), so nobody asks the kernel about a closed descriptor.
     fn drop(&mut self) {
         let id = self.view.id;
+        // A read cut off (the connection cancelled while reading) still counts.
+        self.done_reading();
         {
             // The same order of locks as `Order::join`: the table, then the client.
             let mut clients = lock(&self.order.clients);

@@ -214,7 +214,8 @@ def test_a_backlog_of_connections_of_one_client_and_tag_drains_at_once_in_order(
         lines = [m[2].split(b": ", 1)[1] for m in msgs]
         assert sorted(lines) == [b"backlog %05d" % k for k in range(n)], "lost or duplicated lines"
         assert lines == sorted(lines), "%d order breaks" % order_breaks(lines)
-        assert took < 5, "the backlog took %.1f s to drain" % took
+        # About 0.2 s here with the machine idle; bounded with room for a loaded one.
+        assert took < 10, "the backlog took %.1f s to drain" % took
         assert sub.sync(gw) == []
         assert metric(get(addr, "/metrics")[1], "fwdgate_events_published_total") == n + 1
     finally:
