@@ -152,10 +152,7 @@ impl Index {
     /// Indexes `view` anew from its current values.
     fn put(&mut self, view: Arc<View>) {
         let id = view.id;
-        if let Some(old) = self.members.remove(&id) {
-            self.by_read_through.remove(&(old.read_through, id));
-            self.by_pending.remove(&(old.pending, id));
-        }
+        self.unindex(id);
         let read_through = view.read_through.load(Ordering::SeqCst);
         let pending = view.pending.load(Ordering::SeqCst);
         self.by_read_through.insert((read_through, id));
@@ -208,6 +205,11 @@ impl Index {
                 self.watched = self.watched.saturating_sub(1);
             }
         }
+        self.unindex(id);
+    }
+
+    /// Takes member `id` out of the index, if it is there.
+    fn unindex(&mut self, id: u64) {
         if let Some(old) = self.members.remove(&id) {
             self.by_read_through.remove(&(old.read_through, id));
             self.by_pending.remove(&(old.pending, id));
@@ -267,22 +269,10 @@ impl Index {
         let ready = self.readiness.as_mut().and_then(|r| r.ready(watched));
         // Loaded after the poll: a member whose read emptied its socket before the poll
         // counted itself a reader before that read, and until what it read is indexed.
-        if let Some(ready) = ready
-            .as_ref()
-            .filter(|_| readers.load(Ordering::SeqCst) == 0)
-        {
-            // Nobody is reading: a member with no earlier request indexed and nothing
-            // unread has nothing earlier to hand over.
-            let members = &self.members;
-            let earlier = self.by_pending.range(..(key, me)).map(|&(_, id)| id);
-            return earlier.chain(ready.iter().copied()).any(|id| {
-                let empty = !ready.contains(&id);
-                members
-                    .get(&id)
-                    .filter(|_| id != me)
-                    .is_some_and(|m| m.view.check(key, tag, me, now, empty) == Verdict::Precedes)
-            });
-        }
+        // While nobody is reading, a member with no earlier request indexed and nothing
+        // unread has nothing earlier to hand over: only those with unread bytes are
+        // looked at besides, not every one that has not read through `key`.
+        let nobody_reading = readers.load(Ordering::SeqCst) == 0;
         let found = {
             let Index {
                 members,
@@ -305,9 +295,19 @@ impl Index {
                     }
                 }
             };
-            let begun_earlier = by_pending.range(..(key, me));
-            let behind = by_read_through.range(..(key, 0));
-            begun_earlier.chain(behind).any(|&(_, id)| looks(id))
+            let (with_unread, behind) = match &ready {
+                Some(ready) if nobody_reading => (Some(ready.iter().copied()), None),
+                _ => (
+                    None,
+                    Some(by_read_through.range(..(key, 0)).map(|&(_, id)| id)),
+                ),
+            };
+            by_pending
+                .range(..(key, me))
+                .map(|&(_, id)| id)
+                .chain(with_unread.into_iter().flatten())
+                .chain(behind.into_iter().flatten())
+                .any(&mut looks)
         };
         for id in quiet {
             if let Some(member) = self.members.get(&id) {
@@ -910,6 +910,20 @@ mod tests {
         (a, b)
     }
 
+    /// Member `m` waiting for its turn with a request of "app" that began at `key`, in a
+    /// task of its own; the task gives it back once it has had it.
+    fn spawn_turn(mut m: Member, key: u64) -> tokio::task::JoinHandle<Member> {
+        tokio::spawn(async move {
+            drop(m.turn(b"app", key).await);
+            m
+        })
+    }
+
+    /// Waits that gave up.
+    fn timeouts(order: &Order) -> u64 {
+        order.counters.order_wait_timeouts.load(Ordering::Relaxed)
+    }
+
     /// Now, in ns since the epoch: the keys of requests that are arriving now.
     fn now() -> u64 {
         std::time::SystemTime::now()
@@ -940,17 +954,14 @@ mod tests {
         let order = Arc::new(Order::default());
         let id: Arc<str> = "10.0.0.1".into();
         let t = now();
-        let (mut early, mut late) = two_of_app(&order, &id).await;
+        let (mut early, late) = two_of_app(&order, &id).await;
         // The early request of "app" began at 100 and is not handed over yet; the
         // late one (began at 200) must wait for it.
         early.reading();
         early.read(t + 100, Some((t + 100, tag_hash(b"app"))), false);
         late.reading();
         late.read(t + 200, Some((t + 200, tag_hash(b"app"))), false);
-        let waiting = tokio::spawn(async move {
-            drop(late.turn(b"app", t + 200).await);
-            late
-        });
+        let waiting = spawn_turn(late, t + 200);
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
         drop(early.turn(b"app", t + 100).await);
@@ -958,10 +969,7 @@ mod tests {
         let late = waiting.await.unwrap();
         late.handed_over(None);
         assert_eq!(order.counters.order_waits.load(Ordering::Relaxed), 1);
-        assert_eq!(
-            order.counters.order_wait_timeouts.load(Ordering::Relaxed),
-            0
-        );
+        assert_eq!(timeouts(&order), 0);
     }
 
     #[tokio::test]
@@ -991,7 +999,7 @@ mod tests {
         let order = Arc::new(Order::default());
         let id: Arc<str> = "10.0.0.1".into();
         let t = now();
-        let (early, mut late) = two_of_app(&order, &id).await;
+        let (early, late) = two_of_app(&order, &id).await;
         // The early request's first read lacked its tag, and more of it is being read:
         // it may be "app", so the late one waits.
         early.reading();
@@ -999,10 +1007,7 @@ mod tests {
         early.reading();
         late.reading();
         late.read(t + 200, Some((t + 200, tag_hash(b"app"))), false);
-        let waiting = tokio::spawn(async move {
-            drop(late.turn(b"app", t + 200).await);
-            late
-        });
+        let waiting = spawn_turn(late, t + 200);
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
         // The read brought no more of it (a client trickling a byte now and then): it
@@ -1011,10 +1016,7 @@ mod tests {
         let late = waiting.await.unwrap();
         late.handed_over(None);
         assert_eq!(order.counters.order_waits.load(Ordering::Relaxed), 1);
-        assert_eq!(
-            order.counters.order_wait_timeouts.load(Ordering::Relaxed),
-            0
-        );
+        assert_eq!(timeouts(&order), 0);
         drop(early);
     }
 
@@ -1065,7 +1067,7 @@ mod tests {
         let order = Arc::new(Order::default());
         let id: Arc<str> = "10.0.0.1".into();
         let t = now();
-        let (mut early, mut late) = two_of_app(&order, &id).await;
+        let (mut early, late) = two_of_app(&order, &id).await;
         // Arrived whole two seconds ago (its connection's task is slow to get to it):
         // not a request still arriving, so a later one waits for it.
         let long_ago = t - 2_000_000_000;
@@ -1073,20 +1075,14 @@ mod tests {
         early.read(long_ago, Some((long_ago, tag_hash(b"app"))), true);
         late.reading();
         late.read(t, Some((t, tag_hash(b"app"))), true);
-        let waiting = tokio::spawn(async move {
-            drop(late.turn(b"app", t).await);
-            late
-        });
+        let waiting = spawn_turn(late, t);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished());
         drop(early.turn(b"app", long_ago).await);
         early.handed_over(None);
         let late = waiting.await.unwrap();
         late.handed_over(None);
-        assert_eq!(
-            order.counters.order_wait_timeouts.load(Ordering::Relaxed),
-            0
-        );
+        assert_eq!(timeouts(&order), 0);
     }
 
     #[tokio::test]
@@ -1094,15 +1090,12 @@ mod tests {
         let order = Arc::new(Order::default());
         let id: Arc<str> = "10.0.0.1".into();
         let t = now();
-        let (mut early, mut late) = two_of_app(&order, &id).await;
+        let (mut early, late) = two_of_app(&order, &id).await;
         early.read(t, Some((t, tag_hash(b"app"))), true);
         late.read(t + 1, Some((t + 1, tag_hash(b"app"))), true);
         // Its turn is taken; the buffer has no room for it yet (nobody subscribed).
         let in_line = early.turn(b"app", t).await;
-        let waiting = tokio::spawn(async move {
-            drop(late.turn(b"app", t + 1).await);
-            late
-        });
+        let waiting = spawn_turn(late, t + 1);
         // Longer than any wait for a request still to come: it still waits.
         tokio::time::sleep(MAX_WAIT + Duration::from_millis(200)).await;
         assert!(!waiting.is_finished());
@@ -1110,10 +1103,7 @@ mod tests {
         early.handed_over(None);
         let late = waiting.await.unwrap();
         drop(late);
-        assert_eq!(
-            order.counters.order_wait_timeouts.load(Ordering::Relaxed),
-            0
-        );
+        assert_eq!(timeouts(&order), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1163,10 +1153,7 @@ mod tests {
         for task in tasks {
             drop(task.await.unwrap());
         }
-        assert_eq!(
-            order.counters.order_wait_timeouts.load(Ordering::Relaxed),
-            0
-        );
+        assert_eq!(timeouts(&order), 0);
         assert!(lock(&order.clients).len() == 1);
     }
 }
